@@ -1,0 +1,93 @@
+"""Typed views of params.yaml: one dataclass per concern, built and checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from corpus.errors import ConfigError
+
+LABEL_CONVENTIONS = ("kare", "pyhealth")
+
+
+@dataclass(frozen=True)
+class DuckDBConfig:
+    memory_limit: str = "4GB"
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class MimicConfig:
+    source: Path
+    table_spec: Path = Path("schemas/mimic_tables.yaml")
+    open_data: bool = True
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    label_convention: str = "kare"
+    readmission_days: int = 15
+    los_bins: tuple[int, ...] = (0, 3, 7, 14)
+
+    def __post_init__(self) -> None:
+        if self.label_convention not in LABEL_CONVENTIONS:
+            raise ConfigError(
+                f"params.yaml cohorts.label_convention: expected one of {', '.join(LABEL_CONVENTIONS)}, "
+                f"found {self.label_convention!r}"
+            )
+        bins = list(self.los_bins)
+        if not bins or bins[0] != 0 or bins != sorted(set(bins)):
+            raise ConfigError(
+                f"params.yaml cohorts.los_bins: expected strictly increasing whole days starting at 0, found {bins}"
+            )
+        if self.readmission_days <= 0:
+            raise ConfigError(f"params.yaml cohorts.readmission_days: expected > 0, found {self.readmission_days}")
+
+    def los_class_names(self) -> list[str]:
+        """Readable day ranges, one per class: '[0, 3)', ..., '[14, inf)'."""
+        edges = list(self.los_bins) + [None]
+        return [f"[{lo}, {hi if hi is not None else 'inf'})" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: parameters file not found (run from the repository root)")
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def _section(params: dict[str, Any], name: str) -> dict[str, Any]:
+    value = params.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"params.yaml {name}: expected a mapping, found {type(value).__name__}")
+    return value
+
+
+def _build(cls, params: dict[str, Any], name: str, **converters):
+    section = dict(_section(params, name))
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(f"params.yaml {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for key, convert in converters.items():
+        if key in section:
+            section[key] = convert(section[key])
+    return cls(**section)
+
+
+def duckdb_config(params: dict[str, Any]) -> DuckDBConfig:
+    return _build(DuckDBConfig, params, "duckdb", threads=int, memory_limit=str)
+
+
+def mimic_config(params: dict[str, Any]) -> MimicConfig:
+    if "source" not in _section(params, "mimic"):
+        raise ConfigError("params.yaml mimic.source: missing (path to a MIMIC-IV install with hosp/ and icu/)")
+    return _build(MimicConfig, params, "mimic", source=Path, table_spec=Path, open_data=bool)
+
+
+def cohort_config(params: dict[str, Any]) -> CohortConfig:
+    return _build(CohortConfig, params, "cohorts", los_bins=lambda v: tuple(int(x) for x in v), readmission_days=int)

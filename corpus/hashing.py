@@ -1,0 +1,22 @@
+"""Content ids: the first 16 hex digits of sha256 over canonical JSON."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from corpus.atomic import canonical_json
+
+
+def content_id(content: Any) -> str:
+    """Id of a record: same content, same id, on any machine."""
+    return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()[:16]
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

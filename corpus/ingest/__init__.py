@@ -1,0 +1,1 @@
+"""Reading source tables (MIMIC-IV, registries) into typed parquet."""

@@ -1,0 +1,48 @@
+"""What each DVC stage does, given params.yaml: shared by stages/*.py and the CLI."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from corpus import cohorts as cohorts_mod
+from corpus.config import cohort_config, duckdb_config, load_params, mimic_config
+from corpus.ingest.mimic import ingest_mimic
+
+log = logging.getLogger(__name__)
+
+WAREHOUSE = Path("data/warehouse")
+MIMIC_WAREHOUSE = WAREHOUSE / "mimic"
+INGEST_REPORT = WAREHOUSE / "ingest_report.json"
+COHORTS = Path("data/cohorts")
+COHORTS_SUMMARY = Path("metrics/cohorts.json")
+
+
+def run_ingest(params_path: Path = Path("params.yaml")) -> dict:
+    params = load_params(params_path)
+    mimic = mimic_config(params)
+    report = ingest_mimic(
+        source=mimic.source,
+        table_spec=mimic.table_spec,
+        out=MIMIC_WAREHOUSE,
+        report_path=INGEST_REPORT,
+        db=duckdb_config(params),
+        progress=lambda table: log.info("ingest %s", table),
+    )
+    for table, entry in report["tables"].items():
+        if entry["rows_excluded"]:
+            log.warning("%s: %d row(s) excluded: %s", table, entry["rows_excluded"], entry["excluded"])
+    return report
+
+
+def run_cohorts(params_path: Path = Path("params.yaml")) -> dict:
+    params = load_params(params_path)
+    summary = cohorts_mod.build_cohorts(
+        warehouse=MIMIC_WAREHOUSE,
+        out=COHORTS,
+        summary_path=COHORTS_SUMMARY,
+        config=cohort_config(params), db=duckdb_config(params)
+    )
+    for task, entry in summary["tasks"].items():
+        log.info("cohort %s: %d samples, labels %s", task, entry["samples"], entry["by_label"])
+    return summary
