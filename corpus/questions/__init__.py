@@ -1,0 +1,1 @@
+"""Turning cohorts and registry rows into question records."""
