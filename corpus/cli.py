@@ -53,5 +53,51 @@ def cohorts(params: Path = ParamsOption) -> None:
     console.print_json(json.dumps(summary))
 
 
+@app.command()
+def questions(params: Path = ParamsOption) -> None:
+    """Turn cohorts and registry rows into validated, patient-split question sets (stage `questions`)."""
+    from corpus.stages import run_questions
+
+    summary = _run(lambda: run_questions(params))
+    console.print_json(json.dumps(summary["by_task_split"]))
+
+
+@app.command()
+def stats(
+    folder: Path = typer.Argument(Path("data/questions"), help="Folder of question parquet files."),
+    plot: Path = typer.Option(Path("plots/questions.png"), help="Where to write the bar chart (PNG)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of tables."),
+) -> None:
+    """Print counts per task, split and answer and context-length percentiles; write a bar chart."""
+    from rich.table import Table
+
+    from corpus.stats import plot_question_counts, question_stats, read_question_sets
+
+    frame = _run(lambda: read_question_sets(folder))
+    figures = question_stats(frame)
+    plot_question_counts(frame, plot)
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2, sort_keys=True))
+        return
+    splits = ("train", "val", "test")
+    table = Table(title=f"{figures['questions']} questions, {figures['patients']} patients ({folder})")
+    table.add_column("task")
+    for split in splits:
+        table.add_column(split, justify="right")
+    table.add_column("answers")
+    for task, by_split in figures["by_task_split"].items():
+        answers = ", ".join(f"{a}: {n}" for a, n in figures["by_task_answer"][task].items())
+        table.add_row(task, *(str(by_split.get(s, 0)) for s in splits), answers)
+    console.print(table)
+    lengths = Table(title="context length (characters)")
+    lengths.add_column("task")
+    for name in next(iter(figures["context_chars"].values()), {}):
+        lengths.add_column(name, justify="right")
+    for task, values in figures["context_chars"].items():
+        lengths.add_row(task, *(f"{v:.0f}" for v in values.values()))
+    console.print(lengths)
+    console.print(f"bar chart: {plot}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

@@ -91,3 +91,35 @@ def mimic_config(params: dict[str, Any]) -> MimicConfig:
 
 def cohort_config(params: dict[str, Any]) -> CohortConfig:
     return _build(CohortConfig, params, "cohorts", los_bins=lambda v: tuple(int(x) for x in v), readmission_days=int)
+
+
+@dataclass(frozen=True)
+class QuestionsConfig:
+    seed: int = 13
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    wording: Path = Path("corpus/templates/mimic_questions.yaml")
+    # task -> SamplingPolicy (corpus.questions.sampling); only tasks listed get questions
+    policies: dict = None  # type: ignore[assignment]
+
+
+def questions_config(params: dict[str, Any]) -> QuestionsConfig:
+    from corpus.questions.sampling import SamplingPolicy
+
+    section = dict(_section(params, "questions"))
+    policies = {}
+    for task, entry in (section.pop("tasks", None) or {}).items():
+        entry = dict(entry or {})
+        unknown = sorted(set(entry) - {"policy", "max_per_class", "total"})
+        if unknown:
+            raise ConfigError(f"params.yaml questions.tasks.{task}: unknown key(s) {', '.join(unknown)}")
+        policies[task] = SamplingPolicy(**entry)
+    known = {"seed", "split_fractions", "wording"}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(f"params.yaml questions: unknown key(s) {', '.join(unknown)}; known: tasks, {', '.join(sorted(known))}")
+    return QuestionsConfig(
+        seed=int(section.get("seed", 13)),
+        split_fractions=tuple(float(x) for x in section.get("split_fractions", (0.8, 0.1, 0.1))),
+        wording=Path(section.get("wording", "corpus/templates/mimic_questions.yaml")),
+        policies=policies,
+    )

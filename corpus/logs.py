@@ -18,3 +18,6 @@ def setup_logging(level: int = logging.INFO) -> None:
         handlers=[RichHandler(console=console, show_path=False, markup=False)],
         force=True,
     )
+    # These libraries log their internals at INFO; only their warnings matter here.
+    for noisy in ("great_expectations", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

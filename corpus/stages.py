@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from corpus import cohorts as cohorts_mod
-from corpus.config import cohort_config, duckdb_config, load_params, mimic_config
+from corpus.config import cohort_config, duckdb_config, load_params, mimic_config, questions_config
+from corpus.atomic import write_json
 from corpus.ingest.mimic import ingest_mimic
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,8 @@ MIMIC_WAREHOUSE = WAREHOUSE / "mimic"
 INGEST_REPORT = WAREHOUSE / "ingest_report.json"
 COHORTS = Path("data/cohorts")
 COHORTS_SUMMARY = Path("metrics/cohorts.json")
+QUESTIONS = Path("data/questions")
+QUESTIONS_SUMMARY = Path("metrics/questions.json")
 
 
 def run_ingest(params_path: Path = Path("params.yaml")) -> dict:
@@ -45,4 +48,21 @@ def run_cohorts(params_path: Path = Path("params.yaml")) -> dict:
     )
     for task, entry in summary["tasks"].items():
         log.info("cohort %s: %d samples, labels %s", task, entry["samples"], entry["by_label"])
+    return summary
+
+
+def run_questions(params_path: Path = Path("params.yaml")) -> dict:
+    from corpus.questions.mimic import build_mimic_questions
+    from corpus.questions.question_sets import assign_splits, validate_question_sets, write_question_sets
+    from corpus.stats import question_stats
+
+    params = load_params(params_path)
+    config = questions_config(params)
+    questions = build_mimic_questions(COHORTS, config.policies, cohort_config(params), config.seed, config.wording)
+    frame = assign_splits(questions, config.split_fractions, config.seed)
+    validate_question_sets(frame, config.policies)
+    write_question_sets(frame, QUESTIONS)
+    summary = question_stats(frame)
+    write_json(QUESTIONS_SUMMARY, summary)
+    log.info("questions: %s", summary["by_split"])
     return summary
