@@ -53,15 +53,13 @@ def run_cohorts(params_path: Path = Path("params.yaml")) -> dict:
 
 def run_questions(params_path: Path = Path("params.yaml")) -> dict:
     from corpus.questions.mimic import build_mimic_questions
-    from corpus.questions.question_sets import assign_splits, validate_question_sets, write_question_sets
+    from corpus.questions.question_sets import publish_question_sets
     from corpus.stats import question_stats
 
     params = load_params(params_path)
     config = questions_config(params)
     questions = build_mimic_questions(COHORTS, config.policies, cohort_config(params), config.seed, config.wording)
-    frame = assign_splits(questions, config.split_fractions, config.seed)
-    validate_question_sets(frame, config.policies)
-    write_question_sets(frame, QUESTIONS)
+    frame = publish_question_sets(questions, config.policies, config.split_fractions, config.seed, QUESTIONS)
     summary = question_stats(frame)
     write_json(QUESTIONS_SUMMARY, summary)
     log.info("questions: %s", summary["by_split"])

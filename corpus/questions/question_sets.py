@@ -86,3 +86,12 @@ def write_question_sets(frame: pl.DataFrame, out: Path) -> dict[str, int]:
             pq.write_table(part.to_arrow().cast(QUESTION_SCHEMA), staging / f"{split}.parquet", compression="zstd")
             counts[split] = part.height
     return counts
+
+
+def publish_question_sets(questions: list[dict], policies: dict[str, SamplingPolicy], fractions, seed: int,
+                          out: Path) -> pl.DataFrame:
+    """Split, validate, then write: a set that breaks its contract is never written."""
+    frame = assign_splits(questions, fractions, seed)
+    validate_question_sets(frame, policies)
+    write_question_sets(frame, out)
+    return frame
