@@ -16,6 +16,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publishable(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create owner-only entries; give the final artifact the usual permissions."""
+    os.chmod(path, mode & ~_umask())
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: same content, same bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -31,6 +42,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _publishable(tmp, 0o666)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -44,6 +56,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _publishable(tmp, 0o777)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -1,0 +1,1 @@
+"""Preparing the models the pipeline samples from and trains."""
