@@ -1,0 +1,1 @@
+"""Generating rationales and reading the answers out of them."""
