@@ -123,3 +123,23 @@ def questions_config(params: dict[str, Any]) -> QuestionsConfig:
         wording=Path(section.get("wording", "corpus/templates/mimic_questions.yaml")),
         policies=policies,
     )
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    source: Path = Path("../shared/data/sepsis-challenge-2019/training_setB")
+    spec: Path = Path("schemas/registry_sepsis.yaml")
+    window_hours: int = 24
+
+
+def registry_config(params: dict[str, Any]) -> RegistryConfig:
+    return _build(RegistryConfig, params, "registry", source=Path, spec=Path, window_hours=int)
+
+
+def masked_value_config(params: dict[str, Any]):
+    """MaskedValueConfig from params.yaml masked_value (None when the section is absent: no registry questions)."""
+    from corpus.questions.masked_value import MaskedValueConfig
+
+    if "masked_value" not in params:
+        return None
+    return _build(MaskedValueConfig, params, "masked_value", features=lambda v: None if v is None else tuple(v))

@@ -10,14 +10,16 @@ from rich.logging import RichHandler
 console = Console(stderr=True)
 
 
+# These libraries log their internals at INFO (and set their own logger levels
+# on import); only their warnings matter to a user of the pipeline.
+NOISY_LIBRARIES = ("great_expectations", "matplotlib", "filelock", "httpx")
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith(NOISY_LIBRARIES)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=False, markup=False)],
-        force=True,
-    )
-    # These libraries log their internals at INFO; only their warnings matter here.
-    for noisy in ("great_expectations", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = RichHandler(console=console, show_path=False, markup=False)
+    handler.addFilter(_quiet_libraries)
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)

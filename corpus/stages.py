@@ -6,7 +6,15 @@ import logging
 from pathlib import Path
 
 from corpus import cohorts as cohorts_mod
-from corpus.config import cohort_config, duckdb_config, load_params, mimic_config, questions_config
+from corpus.config import (
+    cohort_config,
+    duckdb_config,
+    load_params,
+    masked_value_config,
+    mimic_config,
+    questions_config,
+    registry_config,
+)
 from corpus.atomic import write_json
 from corpus.ingest.mimic import ingest_mimic
 
@@ -17,6 +25,8 @@ MIMIC_WAREHOUSE = WAREHOUSE / "mimic"
 INGEST_REPORT = WAREHOUSE / "ingest_report.json"
 COHORTS = Path("data/cohorts")
 COHORTS_SUMMARY = Path("metrics/cohorts.json")
+REGISTRY = WAREHOUSE / "registry.parquet"
+REGISTRY_SUMMARY = Path("metrics/registry.json")
 QUESTIONS = Path("data/questions")
 QUESTIONS_SUMMARY = Path("metrics/questions.json")
 
@@ -51,6 +61,36 @@ def run_cohorts(params_path: Path = Path("params.yaml")) -> dict:
     return summary
 
 
+def run_registry(params_path: Path = Path("params.yaml")) -> dict:
+    from corpus.registry.build import build_sepsis_registry
+
+    params = load_params(params_path)
+    registry = registry_config(params)
+    summary = build_sepsis_registry(
+        registry.source, registry.spec, REGISTRY, registry.window_hours, duckdb_config(params)
+    )
+    write_json(REGISTRY_SUMMARY, summary)
+    log.info("registry: %d stays, %d with sepsis", summary["stays"], summary["sepsis_stays"])
+    return summary
+
+
+def _registry_questions(params: dict) -> list[dict]:
+    from corpus.questions.masked_value import build_masked_value_questions
+    from corpus.registry.build import load_registry
+    from corpus.registry.spec import load_registry_spec
+
+    config = masked_value_config(params)
+    if config is None:
+        return []
+    registry = registry_config(params)
+    return build_masked_value_questions(
+        load_registry(REGISTRY, registry.spec),
+        load_registry_spec(registry.spec),
+        config,
+        note_values={"window_hours": registry.window_hours},
+    )
+
+
 def run_questions(params_path: Path = Path("params.yaml")) -> dict:
     from corpus.questions.mimic import build_mimic_questions
     from corpus.questions.question_sets import publish_question_sets
@@ -59,6 +99,7 @@ def run_questions(params_path: Path = Path("params.yaml")) -> dict:
     params = load_params(params_path)
     config = questions_config(params)
     questions = build_mimic_questions(COHORTS, config.policies, cohort_config(params), config.seed, config.wording)
+    questions += _registry_questions(params)
     frame = publish_question_sets(questions, config.policies, config.split_fractions, config.seed, QUESTIONS)
     summary = question_stats(frame)
     write_json(QUESTIONS_SUMMARY, summary)

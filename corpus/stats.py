@@ -20,7 +20,17 @@ def read_question_sets(folder: Path) -> pl.DataFrame:
 
 
 def question_stats(frame: pl.DataFrame) -> dict:
-    """Counts per task, split and answer; context length percentiles (characters) per task."""
+    """Counts per task, split and answer; context length percentiles (characters) per task.
+
+    Lettered answers count by letter ("B"), so option position balance shows
+    even where each question has its own option texts (masked_value ranges).
+    """
+    frame = frame.with_columns(
+        pl.when(pl.col("answer").str.contains(r"^[A-J]\. "))
+        .then(pl.col("answer").str.slice(0, 1))
+        .otherwise(pl.col("answer"))
+        .alias("answer_key")
+    )
     def nested(keys: list[str]) -> dict:
         out: dict = {}
         for row in frame.group_by(keys).len().sort(keys).iter_rows():
@@ -40,7 +50,7 @@ def question_stats(frame: pl.DataFrame) -> dict:
         "by_task": nested(["task"]),
         "by_split": nested(["split"]),
         "by_task_split": nested(["task", "split"]),
-        "by_task_answer": nested(["task", "answer"]),
+        "by_task_answer": nested(["task", "answer_key"]),
         "context_chars": dict(sorted(lengths.items())),
     }
 

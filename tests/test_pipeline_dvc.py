@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import DEMO, REPO, requires_demo
+from tests.conftest import DEMO, REPO, SEPSIS, requires_demo
 
 pytestmark = requires_demo
 
@@ -40,6 +40,8 @@ def pipeline_repo(tmp_path_factory) -> Path:
             shutil.copy2(source, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["mimic"]["source"] = str(DEMO)
+    params["registry"]["source"] = str(SEPSIS / "training_setB")
+    params["masked_value"]["questions_per_feature"] = 2  # keeps the test quick; the count is not under test
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh(["git", "init", "-q"], root)
     if not (root / ".dvc").is_dir():
@@ -55,7 +57,7 @@ def _only_stages(log: str) -> list[str]:
 
 def test_repro_then_noop_then_param_change(pipeline_repo):
     first = _sh(["dvc", "repro"], pipeline_repo)
-    assert _only_stages(first) == ["cohorts", "ingest"]
+    assert _only_stages(first) == ["cohorts", "ingest", "questions", "registry"]
     assert (pipeline_repo / "data/cohorts/mortality.parquet").exists()
 
     again = _sh(["dvc", "repro"], pipeline_repo)
@@ -66,7 +68,8 @@ def test_repro_then_noop_then_param_change(pipeline_repo):
     params["cohorts"]["label_convention"] = "pyhealth"
     (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = _sh(["dvc", "repro"], pipeline_repo)
-    assert _only_stages(changed) == ["cohorts"]
+    # Only what depends on the label convention: cohorts, then the questions built from them.
+    assert _only_stages(changed) == ["cohorts", "questions"]
     import json
 
     summary = json.loads((pipeline_repo / "metrics/cohorts.json").read_text())

@@ -38,8 +38,15 @@ def patient_key(question: dict) -> str:
 
 
 def assign_splits(questions: list[dict], fractions, seed: int) -> pl.DataFrame:
-    """All questions as one frame, sorted by id, each with the split of its patient."""
-    assignment = split_patients((patient_key(q) for q in questions), fractions, seed)
+    """All questions as one frame, sorted by id, each with the split of its patient.
+
+    Each source is split on its own, so adding registry questions never moves a
+    MIMIC patient to another split (and the fractions hold within each source).
+    """
+    assignment: dict[str, str] = {}
+    keys = {patient_key(q) for q in questions}
+    for source in sorted({key.split(":", 1)[0] for key in keys}):
+        assignment.update(split_patients((k for k in keys if k.startswith(source + ":")), fractions, seed))
     rows = [{**q, "split": assignment[patient_key(q)]} for q in questions]
     rows.sort(key=lambda q: q["id"])
     table = pa.Table.from_pylist([{f: r[f] for f in QUESTION_FIELDS} for r in rows], schema=QUESTION_SCHEMA)

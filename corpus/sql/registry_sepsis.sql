@@ -6,7 +6,7 @@
 --
 -- Columns (described for questions in schemas/registry_sepsis.yaml):
 --   subject_id             the stay's record id: the file name's digits (p100001 -> 100001)
---   age                    years (the source caps ages at 100)
+--   age                    years
 --   gender                 'female' (Gender = 0) | 'male' (Gender = 1)
 --   icu_unit               'MICU' (Unit1 = 1) | 'SICU' (Unit2 = 1) | 'unknown' (both missing)
 --   hospital_to_icu_hours  hours from hospital admission to ICU admission = -HospAdmTime
@@ -18,7 +18,8 @@
 --   sepsis                 1 when any hour has SepsisLabel = 1, else 0
 --   hours_to_sepsis        ICULOS of the first SepsisLabel = 1 hour plus 6 (the label is set
 --                          from 6 h before Sepsis-3 onset, so this is the onset hour); NULL
---                          without sepsis
+--                          without sepsis; it may exceed icu_los_hours when the
+--                          record ends within 6 h of onset
 --   icu_los_hours          max(ICULOS): the stay's last recorded ICU hour
 --
 -- Edge cases: ICULOS does not always start at 1 (a stay's first rows may be
@@ -26,8 +27,8 @@
 -- are constant within a stay in the source; the first hour's value is taken.
 -- The window means may include the 6 labelled hours before onset: they are
 -- registry features, not predictors of `sepsis` (no question asks for it).
--- Column types are fixed here (auto_detect off): sniffing one file at a time
--- guesses integers for columns that hold decimals in other files.
+-- Column types are fixed here (auto_detect off): sniffing looks at the first
+-- file only and types columns that hold decimals elsewhere as integers or text.
 WITH hours AS (
     SELECT *
     FROM read_csv(
