@@ -15,7 +15,7 @@ from corpus.config import (
     questions_config,
     registry_config,
 )
-from corpus.atomic import write_json
+from corpus.atomic import atomic_path, write_json
 from corpus.ingest.mimic import ingest_mimic
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,25 @@ def run_cohorts(params_path: Path = Path("params.yaml")) -> dict:
 
 
 def run_registry(params_path: Path = Path("params.yaml")) -> dict:
-    from corpus.registry.build import build_sepsis_registry
+    """registry.source is either the sepsis challenge folder (hourly .psv files, summarised
+    per stay) or any registry table (.csv, .csv.gz, .parquet; one row per patient) that
+    registry.spec describes, checked and copied as typed parquet."""
+    from corpus.registry.build import build_sepsis_registry, load_registry
 
     params = load_params(params_path)
     registry = registry_config(params)
-    summary = build_sepsis_registry(
-        registry.source, registry.spec, REGISTRY, registry.window_hours, duckdb_config(params)
-    )
+    if registry.source.is_file():
+        table = load_registry(registry.source, registry.spec)
+        with atomic_path(REGISTRY) as tmp:
+            table.write_parquet(tmp, compression="zstd")
+        summary = {"source_files": 1, "rows": table.height, "columns": table.width}
+        log.info("registry: %d rows from %s", table.height, registry.source)
+    else:
+        summary = build_sepsis_registry(
+            registry.source, registry.spec, REGISTRY, registry.window_hours, duckdb_config(params)
+        )
+        log.info("registry: %d stays, %d with sepsis", summary["stays"], summary["sepsis_stays"])
     write_json(REGISTRY_SUMMARY, summary)
-    log.info("registry: %d stays, %d with sepsis", summary["stays"], summary["sepsis_stays"])
     return summary
 
 

@@ -422,3 +422,27 @@ def test_same_inputs_give_identical_records(registry, spec):
         note_values=NOTE,
     )
     assert {r["id"] for r in reseeded} != {r["id"] for r in first}
+
+
+def test_the_registry_stage_takes_any_table_with_a_spec(tmp_path, monkeypatch):
+    """params registry.source may name a csv table: the stage checks it and writes the warehouse parquet."""
+    from corpus.errors import CorpusError
+    from corpus.stages import run_registry
+
+    rows = [f"{i},{60 + i % 30}.5,{i % 2},{['I', 'II', 'III'][i % 3]},{'yes' if i % 4 else 'no'},x" for i in range(1, 41)]
+    table, spec_path = _small_registry(tmp_path, rows)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"registry": {"source": str(table), "spec": str(spec_path)}}))
+    monkeypatch.chdir(tmp_path)
+    summary = run_registry(params)
+    written = pl.read_parquet(tmp_path / "data/warehouse/registry.parquet")
+    assert summary["rows"] == written.height == 40
+    assert written.columns == ["record", "weight", "smoker", "stage", "died"]
+
+    raw = yaml.safe_load(spec_path.read_text())
+    raw["columns"].append({"name": "bmi", "type": "numeric", "unit": "kg/m2", "readable": "BMI", "role": "feature"})
+    spec_path.write_text(yaml.safe_dump(raw))
+    before = (tmp_path / "data/warehouse/registry.parquet").read_bytes()
+    with pytest.raises(CorpusError, match="bmi"):
+        run_registry(params)
+    assert (tmp_path / "data/warehouse/registry.parquet").read_bytes() == before  # finished work kept
