@@ -56,18 +56,18 @@ def _only_stages(log: str) -> list[str]:
 
 
 def test_repro_then_noop_then_param_change(pipeline_repo):
-    first = _sh(["dvc", "repro"], pipeline_repo)
+    first = _sh(["dvc", "repro", "questions"], pipeline_repo)
     assert _only_stages(first) == ["cohorts", "ingest", "questions", "registry"]
     assert (pipeline_repo / "data/cohorts/mortality.parquet").exists()
 
-    again = _sh(["dvc", "repro"], pipeline_repo)
+    again = _sh(["dvc", "repro", "questions"], pipeline_repo)
     assert _only_stages(again) == []
     assert "Data and pipelines are up to date" in again
 
     params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
     params["cohorts"]["label_convention"] = "pyhealth"
     (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = _sh(["dvc", "repro"], pipeline_repo)
+    changed = _sh(["dvc", "repro", "questions"], pipeline_repo)
     # Only what depends on the label convention: cohorts, then the questions built from them.
     assert _only_stages(changed) == ["cohorts", "questions"]
     import json
