@@ -14,6 +14,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Stage commands in dvc.yaml say `python`: it must be the venv's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install repro test bench clean-venv
 
