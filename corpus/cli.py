@@ -99,5 +99,87 @@ def stats(
     console.print(f"bar chart: {plot}")
 
 
+@app.command("base-model")
+def base_model(params: Path = ParamsOption) -> None:
+    """Prepare the generator / trainable base model as a local Hugging Face folder (stage `base_model`)."""
+    from corpus.stages import run_base_model
+
+    console.print_json(json.dumps(_run(lambda: run_base_model(params))))
+
+
+@app.command()
+def sample(
+    round_: int = typer.Option(1, "--round", help="Round whose generator samples (params.yaml rounds)."),
+    shard: int = typer.Option(None, help="This host's shard (0-based); overrides sample.shard."),
+    num_shards: int = typer.Option(None, help="How many hosts share the questions; overrides sample.num_shards."),
+    params: Path = ParamsOption,
+) -> None:
+    """Sample k rationale + answer texts per train question, cached by content (stage `sample@<round>`)."""
+    from corpus.stages import run_sample
+
+    stats = _run(lambda: run_sample(round_, params, shard=shard, num_shards=num_shards))
+    console.print_json(json.dumps({k: stats[k] for k in ("samples", "accuracy", "by_task", "parse_status", "generation")}))
+
+
+@app.command()
+def leaks(
+    input: Path = typer.Option(..., "--input", help="JSON lines with `rationale`, `hint` and an optional `id`."),
+    output: Path = typer.Option(None, "--output", help="Where to write the verdicts (default: standard output)."),
+    rules: Path = typer.Option(None, "--rules", help="Leak rules file (default: corpus/templates/leak_rules.yaml)."),
+) -> None:
+    """Check rationales for hint leaks: one JSON line per row with id, leak and the rule that fired."""
+    import sys
+    import tempfile
+
+    from corpus.leaks import check_jsonl
+
+    if output is None:
+        with tempfile.TemporaryDirectory() as scratch:
+            target = Path(scratch) / "verdicts.jsonl"
+            _run(lambda: check_jsonl(input, target, rules))
+            sys.stdout.write(target.read_text(encoding="utf-8"))
+        return
+    summary = _run(lambda: check_jsonl(input, output, rules))
+    console.print(f"{output}: {summary['rows']} row(s), {summary['leaks']} leak(s) {summary['by_rule']}")
+
+
+cache_app = typer.Typer(help="Inspect and join content-addressed generation caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("merge")
+def cache_merge(
+    sources: list[Path] = typer.Argument(..., help="Cache files of other hosts or shards."),
+    into: Path = typer.Option(Path(".cache/generations.sqlite"), help="Cache file to merge into."),
+) -> None:
+    """Copy every generation the target cache lacks from SOURCES (after a sharded run)."""
+    from corpus.generate.cache import GenerationCache
+
+    def merge() -> int:
+        for source in sources:
+            if not source.is_file():
+                from corpus.errors import SourceError
+
+                raise SourceError(f"{source}: cache file not found")
+        target = GenerationCache(into)
+        try:
+            return sum(target.merge_from(source) for source in sources)
+        finally:
+            target.close()
+
+    added = _run(merge)
+    console.print(f"{into}: {added} generation(s) added")
+
+
+@cache_app.command("stats")
+def cache_stats(path: Path = typer.Argument(Path(".cache/generations.sqlite"), help="Cache file.")) -> None:
+    """How many generations a cache holds."""
+    from corpus.generate.cache import GenerationCache
+
+    cache = GenerationCache(path)
+    console.print(f"{path}: {cache.count()} generation(s)")
+    cache.close()
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

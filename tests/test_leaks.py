@@ -1,0 +1,334 @@
+"""The hint-leak filter (corpus/leaks.py, corpus/templates/leak_rules.yaml).
+
+tests/data/leak_labelled.jsonl is a labelled set written for this project:
+about half leaking rationales, half clean ones that use the same words
+clinically. Run with `pytest -s` to see the filter's precision and recall.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from corpus.errors import ConfigError, SourceError
+from corpus.leaks import DEFAULT_RULES, LeakFilter, LeakRules, LeakVerdict, check_jsonl, normalise
+
+LABELLED = Path(__file__).parent / "data" / "leak_labelled.jsonl"
+HINT_NO = "the correct answer is No"
+FULL_HINT = (
+    "(For your reasoning only: the correct answer is No. Do not mention that you were told the answer; "
+    "reason from the record as if you reached it yourself.)"
+)
+
+
+@pytest.fixture(scope="module")
+def rules() -> LeakRules:
+    return LeakRules.load()
+
+
+@pytest.fixture(scope="module")
+def leak_filter(rules) -> LeakFilter:
+    return LeakFilter(rules)
+
+
+def _labelled() -> list[dict]:
+    return [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --- the labelled set -----------------------------------------------------------------
+
+
+def test_labelled_set_shape():
+    rows = _labelled()
+    assert len(rows) >= 100
+    assert len({row["id"] for row in rows}) == len(rows)
+    leaks = sum(row["leak"] for row in rows)
+    assert 0.4 <= leaks / len(rows) <= 0.6
+    for row in rows:
+        assert set(row) == {"id", "rationale", "hint", "leak"}
+        assert isinstance(row["rationale"], str) and row["rationale"].strip()
+        assert isinstance(row["leak"], bool)
+
+
+def test_labelled_precision_recall(leak_filter, rules, record_property):
+    rows = _labelled()
+    tp = fp = fn = tn = 0
+    by_rule: dict[str, int] = {}
+    missed, dropped_clean = [], []
+    for row in rows:
+        verdict = leak_filter.check(row["rationale"], row["hint"])
+        assert isinstance(verdict, LeakVerdict)
+        if verdict.leak:
+            # every dropped row records which rule fired, a rule of the file
+            assert verdict.rule in rules.names, verdict
+            assert verdict.match
+            by_rule[verdict.rule] = by_rule.get(verdict.rule, 0) + 1
+        else:
+            assert verdict.rule is None and verdict.match is None
+        if row["leak"] and verdict.leak:
+            tp += 1
+        elif row["leak"]:
+            fn += 1
+            missed.append(row["id"])
+        elif verdict.leak:
+            fp += 1
+            dropped_clean.append((row["id"], verdict.rule, verdict.match))
+        else:
+            tn += 1
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn)
+    fpr = fp / (fp + tn)
+    record_property("leak_precision", round(precision, 4))
+    record_property("leak_recall", round(recall, 4))
+    record_property("clean_dropped_rate", round(fpr, 4))
+    print(
+        f"\nleak filter on {len(rows)} labelled rationales ({tp + fn} leaking, {fp + tn} clean): "
+        f"precision {precision:.3f}, recall {recall:.3f}, clean dropped (FPR) {fpr:.3f} "
+        f"[tp={tp} fn={fn} fp={fp} tn={tn}]"
+    )
+    print(f"dropped by rule: {dict(sorted(by_rule.items()))}")
+    if missed:
+        print(f"missed leaks: {missed}")
+    if dropped_clean:
+        print(f"clean rows dropped: {dropped_clean}")
+    assert recall >= 0.95, f"missed leaks: {missed}"
+    assert fpr <= 0.05, f"clean rows dropped: {dropped_clean}"
+
+
+# --- behaviour ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The lactate of 4.1 hints at hypoperfusion despite 2 L of crystalloid.",
+        "Given his CKD stage 4 and the new hyperkalemia, readmission is likely.",
+        "Given the patient's history of falls, a longer stay for placement is expected.",
+        "The corrected calcium is 11.2 mg/dL.",
+        "The correct dose of vancomycin was adjusted for renal function.",
+        "We correct the hyponatremia slowly to avoid osmotic demyelination.",
+        "The answer to fluids was poor, so norepinephrine was started.",
+        "The patient has a known history of CHF with an ejection fraction of 25%.",
+        "Working backwards from the onset of symptoms, the infection began two days before admission.",
+        "The metastatic disease and the DNR order point to death.\n\nFinal answer: Yes",
+        "Stable vitals, elective surgery, no complications. \\boxed{B}",
+        "The family was informed that the prognosis was poor.",
+        "There is no hint of bleeding; hemoglobin is stable.",
+    ],
+)
+def test_clinical_uses_are_kept(leak_filter, text):
+    assert leak_filter.check(text, HINT_NO) == LeakVerdict(False, None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("As the hint says, the patient survives.", "mentions_hint"),
+        ("Given that the correct answer is Yes, the sepsis must be severe.", "given_answer"),
+        ("The ground truth is B, so the stay is 3 to 6 days.", "ground_truth"),
+        ("Working backwards from the known outcome, readmission fits.", "working_backwards"),
+        ("Since we were told the answer is B, the stay is 3 to 6 days.", "told_answer"),
+        ("The label says Yes; the record agrees.", "label_reference"),
+    ],
+)
+def test_leaks_are_dropped_with_their_rule(leak_filter, text, rule):
+    verdict = leak_filter.check(text)
+    assert verdict.leak and verdict.rule == rule
+
+
+def test_allow_span_frees_only_matches_inside_it(leak_filter):
+    # "hints at" is an allow span for mentions_hint; a second "hint" outside it still fires
+    assert not leak_filter.check("Lactate hints at hypoperfusion.").leak
+    verdict = leak_filter.check("Lactate hints at hypoperfusion, and as the hint says the patient dies.")
+    assert verdict.leak and verdict.rule == "mentions_hint" and verdict.match == "hint"
+
+
+def test_normalisation_unicode_and_case(leak_filter):
+    assert normalise("The \u201cHint\u201d\u2019s ANSWER\u2014yes") == 'the "hint"\'s answer-yes'
+    # full-width letters (NFKC), a zero-width space inside a word, curly apostrophe
+    assert leak_filter.check("\uff21\uff53 the h\u200bint says, No.").rule == "mentions_hint"
+    assert leak_filter.check("I\u2019m told the answer is Yes.").rule == "told_answer"
+    assert leak_filter.check("THE PROVIDED ANSWER IS NO.").rule == "given_answer"
+
+
+def test_quotes_hint(leak_filter):
+    tail = " The record shows a young patient with an elective procedure and no comorbidities or complications at all."
+    # the hint's frame, not as the text's conclusion
+    verdict = leak_filter.check("The correct answer is No, as stated." + tail, HINT_NO)
+    assert verdict.rule == "quotes_hint" and verdict.match == "the correct answer is no"
+    assert leak_filter.check("The \u201ccorrect answer is No\u201d here." + tail, "No").rule == "quotes_hint"
+    # a plain conclusion, a bare "No", the option text: not quotes
+    assert not leak_filter.check("Low risk overall." + tail + " Therefore, the correct answer is No.", HINT_NO).leak
+    assert not leak_filter.check("Low risk overall." + tail + "\n\nThe correct answer is No.", HINT_NO).leak
+    assert not leak_filter.check("No." + tail + " No.", HINT_NO).leak
+    assert not leak_filter.check(
+        "The stay is 7 to 13 days given the drain." + tail, "the correct answer is C. 7 to 13 days"
+    ).leak
+    assert leak_filter.check("The correct answer is A, as I was shown." + tail, "A").rule == "quotes_hint"
+    assert not leak_filter.check("The correct answer is a matter of weighing frailty." + tail, "A").leak
+    # the frame with another answer than the hinted one is not a quote of this hint
+    assert not leak_filter.check("The correct answer is Yes, clearly." + tail, HINT_NO).leak
+    # a long verbatim span of the hint text
+    verdict = leak_filter.check(
+        "Sepsis is controlled. I will reason from the record as if I reached it." + tail, FULL_HINT
+    )
+    assert verdict.leak
+    verdict = leak_filter.check(
+        "Note: do not mention that you were told the answer. Sepsis is controlled." + tail, FULL_HINT
+    )
+    assert verdict.leak and verdict.rule in {"quotes_hint", "echoes_instructions"}
+    # any run of min_words (6) consecutive hint words, here with no other rule involved
+    hint = "the attending expects the patient would certainly be discharged home tomorrow"
+    verdict = leak_filter.check("Vitals are stable; the patient would certainly be discharged home." + tail, hint)
+    assert verdict == LeakVerdict(True, "quotes_hint", "the patient would certainly be discharged")
+    assert not leak_filter.check("Vitals are stable; the patient would certainly recover." + tail, hint).leak
+    # without a hint the frame alone is not judged a quote
+    assert not leak_filter.check("The correct answer is No, as it seems." + tail).leak
+
+
+def test_first_rule_in_file_order_is_reported(tmp_path, leak_filter):
+    text = "As the hint says, the ground truth is No."
+    assert leak_filter.check(text).rule == "mentions_hint"  # listed before ground_truth
+    swapped = tmp_path / "swapped.yaml"
+    swapped.write_text(
+        "rules:\n"
+        "  - {name: ground_truth, kind: phrase, phrases: [ground truth], why: x}\n"
+        "  - {name: mentions_hint, kind: pattern, patterns: ['\\bhint\\b'], why: x}\n",
+        encoding="utf-8",
+    )
+    verdict = LeakFilter(LeakRules.load(swapped)).check(text)
+    assert verdict == LeakVerdict(True, "ground_truth", "ground truth")
+
+
+def test_user_added_rule_fires(tmp_path, leak_filter):
+    text = "My crystal ball shows the patient is readmitted within two weeks."
+    assert not leak_filter.check(text).leak
+    user = tmp_path / "my_rules.yaml"
+    user.write_text(
+        "extends: default\n"
+        "rules:\n"
+        "  - name: crystal_ball\n"
+        "    kind: phrase\n"
+        "    phrases: [crystal ball, \"oracle told me\"]\n"
+        "    why: a made-up source of the answer\n"
+        "  - name: peeked\n"
+        "    kind: pattern\n"
+        "    patterns: ['\\bpeek(?:ed|ing)?\\s+at\\s+the\\s+(?:answer|label)\\b']\n"
+        "    why: looked at the answer\n"
+        "allow:\n"
+        "  - name: crystal_ball_sign\n"
+        "    kind: phrase\n"
+        "    phrases: [crystal ball sign]\n"
+        "    rules: [crystal_ball]\n",
+        encoding="utf-8",
+    )
+    extended = LeakRules.load(user)
+    assert extended.names[: len(LeakRules.load().names)] == LeakRules.load().names
+    assert extended.names[-2:] == ("crystal_ball", "peeked")
+    assert extended.fingerprint != LeakRules.load().fingerprint
+    user_filter = LeakFilter(extended)
+    assert user_filter.check(text) == LeakVerdict(True, "crystal_ball", "crystal ball")
+    assert user_filter.check("Then I Peeked at the Label.").rule == "peeked"
+    assert not user_filter.check("The radiograph shows a crystal ball sign.").leak
+    # the default rules still apply, ahead of the user's
+    assert user_filter.check("As the hint says, my crystal ball agrees.").rule == "mentions_hint"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("rules:\n  - {name: bad, kind: pattern, patterns: ['(unclosed'], why: x}\n", "not a valid regular expression"),
+        ("rules:\n  - {name: bad, kind: regex, patterns: [x], why: x}\n", "`kind` must be one of"),
+        ("rules:\n  - {name: a, kind: phrase, phrases: [x]}\n  - {name: a, kind: phrase, phrases: [y]}\n", "used twice"),
+        ("rules:\n  - {name: e, kind: pattern, patterns: ['x?']}\n", "matches the empty string"),
+        ("rules:\n  - {name: a, kind: phrase, phrases: [x]}\nallow:\n  - {name: z, kind: phrase, phrases: [y], rules: [nope]}\n", "unknown rules"),
+        ("rules: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_rules_file_names_file_and_rule(tmp_path, body, message):
+    path = tmp_path / "rules.yaml"
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as info:
+        LeakRules.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_default_rules_are_the_packaged_file(rules):
+    assert DEFAULT_RULES.name == "leak_rules.yaml" and DEFAULT_RULES.is_file()
+    assert rules.source == str(DEFAULT_RULES)
+    for name in ("mentions_hint", "given_answer", "ground_truth", "working_backwards", "told_answer", "quotes_hint"):
+        assert name in rules.names
+    assert LeakRules.load().fingerprint == rules.fingerprint  # deterministic
+
+
+def test_long_rationale(leak_filter):
+    chunk = (
+        "Creatinine rose from 1.1 to 2.4 while the lactate hints at hypoperfusion; given his CKD and the "
+        "corrected calcium of 10.9, the answer to fluids was poor and the correct dose of cefepime was reduced. "
+    )
+    long_clean = (chunk * (100_000 // len(chunk) + 1))[:100_000]
+    assert len(long_clean) == 100_000
+    assert leak_filter.check(long_clean, FULL_HINT) == LeakVerdict(False, None, None)
+    buried = long_clean[:60_000] + " Working backwards from the known outcome, this fits. " + long_clean[60_000:]
+    verdict = leak_filter.check(buried, FULL_HINT)
+    assert verdict.leak and verdict.rule == "working_backwards"
+    # pathological repetition stays linear and correct
+    assert not leak_filter.check("given the " * 12_000, FULL_HINT).leak
+    assert leak_filter.check("I was told " * 10_000 + "the answer", FULL_HINT).rule == "told_answer"
+
+
+# --- check_jsonl: the `corpus leaks` command -----------------------------------------------
+
+
+def test_check_jsonl_round_trip(tmp_path):
+    rows = [
+        {"id": "q-1", "rationale": "As the hint says, No.", "hint": HINT_NO},
+        {"rationale": "The lactate hints at hypoperfusion. \\boxed{Yes}", "hint": "the correct answer is Yes"},
+        {"id": 7, "rationale": "The ground truth is B.", "hint": None},
+        {"rationale": "Given his CKD, readmission is likely."},
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out" / "verdicts.jsonl"
+    summary = check_jsonl(source, out)
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert lines == [
+        {"id": "q-1", "leak": True, "rule": "mentions_hint"},
+        {"id": 1, "leak": False, "rule": None},
+        {"id": 7, "leak": True, "rule": "ground_truth"},
+        {"id": 3, "leak": False, "rule": None},
+    ]
+    assert [list(line) for line in lines] == [["id", "leak", "rule"]] * 4
+    assert summary == {"rows": 4, "leaks": 2, "by_rule": {"ground_truth": 1, "mentions_hint": 1}}
+
+
+def test_check_jsonl_labelled_set_matches_filter(tmp_path, leak_filter):
+    out = tmp_path / "verdicts.jsonl"
+    check_jsonl(LABELLED, out)
+    expected = [
+        {"id": row["id"], "leak": (v := leak_filter.check(row["rationale"], row["hint"])).leak, "rule": v.rule}
+        for row in _labelled()
+    ]
+    assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == expected
+
+
+@pytest.mark.parametrize(
+    ("third_line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"id": "x", "hint": HINT_NO}), "needs a 'rationale' string"),
+        (json.dumps({"rationale": 3}), "needs a 'rationale' string"),
+        (json.dumps(["a list"]), "expected a JSON object"),
+    ],
+)
+def test_check_jsonl_bad_line_names_file_and_line(tmp_path, third_line, message):
+    source = tmp_path / "rows.jsonl"
+    good = json.dumps({"rationale": "Stable.", "hint": HINT_NO})
+    source.write_text(f"{good}\n{good}\n{third_line}\n{good}\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SourceError, match=message) as info:
+        check_jsonl(source, out)
+    assert str(source) in str(info.value) and "line 3" in str(info.value)
+    assert not out.exists()  # nothing half-written
