@@ -143,3 +143,99 @@ def masked_value_config(params: dict[str, Any]):
     if "masked_value" not in params:
         return None
     return _build(MaskedValueConfig, params, "masked_value", features=lambda v: None if v is None else tuple(v))
+
+
+@dataclass(frozen=True)
+class TransformersBackendConfig:
+    max_batch_tokens: int = 32768
+    max_rows: int = 64
+    threads: int | None = None
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class OpenAIBackendConfig:
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    revision: str = ""
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    k: int = 4
+    seed: int = 1234
+    backend: str = "transformers"
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 160
+    # First N train questions by id (null: all); a quick-run knob.
+    limit: int | None = None
+    # Only these tasks (null: all).
+    tasks: tuple[str, ...] | None = None
+    # This host samples the questions whose id falls in shard `shard` of `num_shards`.
+    shard: int = 0
+    num_shards: int = 1
+    cache: Path = Path(".cache/generations.sqlite")
+    transformers: TransformersBackendConfig = TransformersBackendConfig()
+    openai: OpenAIBackendConfig = OpenAIBackendConfig()
+
+    def __post_init__(self) -> None:
+        from corpus.generate.backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"params.yaml sample.backend: expected one of {', '.join(BACKENDS)}, found {self.backend!r}")
+        if self.k < 1:
+            raise ConfigError(f"params.yaml sample.k: expected >= 1, found {self.k}")
+        if not 0 <= self.shard < self.num_shards:
+            raise ConfigError(f"params.yaml sample.shard: expected 0 <= shard < num_shards, found {self.shard}/{self.num_shards}")
+
+
+def sample_config(params: dict[str, Any]) -> SampleConfig:
+    def nested(cls, name):
+        return lambda value: _build(cls, {name: value or {}}, name)
+
+    return _build(
+        SampleConfig, params, "sample",
+        cache=Path,
+        tasks=lambda v: None if v is None else tuple(v),
+        transformers=nested(TransformersBackendConfig, "sample.transformers"),
+        openai=nested(OpenAIBackendConfig, "sample.openai"),
+    )
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    round: int
+    # Local model folder that generates this round's samples (round 1: models/base).
+    generator: Path
+
+
+def rounds_config(params: dict[str, Any]) -> dict[int, RoundConfig]:
+    entries = params.get("rounds") or []
+    rounds = {}
+    for entry in entries:
+        item = RoundConfig(round=int(entry["round"]), generator=Path(entry["generator"]))
+        rounds[item.round] = item
+    return rounds
+
+
+@dataclass(frozen=True)
+class RegenerateConfig:
+    # A question is hard when its first-pass accuracy is at or below this (0: all k wrong).
+    hard_threshold: float = 0.0
+    # Hinted samples per hard question (null: sample.k).
+    k: int | None = None
+    # Leak rules file (null: corpus/templates/leak_rules.yaml).
+    leak_rules: Path | None = None
+
+
+def regenerate_config(params: dict[str, Any]) -> RegenerateConfig:
+    return _build(RegenerateConfig, params, "regenerate",
+                  leak_rules=lambda v: None if v is None else Path(v), hard_threshold=float)
+
+
+def pairs_config(params: dict[str, Any]):
+    from corpus.pairs import PairsConfig
+
+    return _build(PairsConfig, params, "pairs", max_per_question=int)

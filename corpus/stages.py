@@ -14,8 +14,15 @@ from corpus.config import (
     mimic_config,
     questions_config,
     registry_config,
+    pairs_config,
+    regenerate_config,
+    rounds_config,
+    sample_config,
 )
+import polars as pl
+
 from corpus.atomic import atomic_path, write_json
+from corpus.errors import ConfigError
 from corpus.ingest.mimic import ingest_mimic
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,11 @@ REGISTRY = WAREHOUSE / "registry.parquet"
 REGISTRY_SUMMARY = Path("metrics/registry.json")
 QUESTIONS = Path("data/questions")
 QUESTIONS_SUMMARY = Path("metrics/questions.json")
+BASE_MODEL = Path("models/base")
+
+
+def round_dir(round_: int) -> Path:
+    return Path("data/rounds") / str(round_)
 
 
 def run_ingest(params_path: Path = Path("params.yaml")) -> dict:
@@ -115,3 +127,211 @@ def run_questions(params_path: Path = Path("params.yaml")) -> dict:
     write_json(QUESTIONS_SUMMARY, summary)
     log.info("questions: %s", summary["by_split"])
     return summary
+
+
+def run_base_model(params_path: Path = Path("params.yaml")) -> dict:
+    from corpus.models.base import prepare_base_model
+
+    params = load_params(params_path)
+    source = str((params.get("base_model") or {}).get("source", "smollm2-135m-instruct-gguf"))
+    provenance = prepare_base_model(source, BASE_MODEL)
+    log.info("base model: %s -> %s", source, BASE_MODEL)
+    return provenance
+
+
+def train_questions(config, questions_dir: Path = QUESTIONS) -> list[dict]:
+    """The train questions this host samples: task filter, shard, then the first `limit` by id."""
+    frame = pl.read_parquet(questions_dir / "train.parquet").sort("id")
+    if config.tasks:
+        frame = frame.filter(pl.col("task").is_in(list(config.tasks)))
+    if config.num_shards > 1:
+        shard_of = frame["id"].map_elements(lambda i: int(i[:8], 16) % config.num_shards, return_dtype=pl.Int64)
+        frame = frame.filter(shard_of == config.shard)
+    if config.limit:
+        frame = frame.head(config.limit)
+    return frame.to_dicts()
+
+
+def build_generator(config, model_path: Path, template_hash: str):
+    from corpus.generate.backends import (
+        OpenAICompatibleGenerator,
+        SamplingConfig,
+        TransformersGenerator,
+        VLLMGenerator,
+    )
+
+    sampling = SamplingConfig(config.temperature, config.top_p, config.max_new_tokens)
+    if config.backend == "vllm":
+        return VLLMGenerator(model_path, sampling, template_hash)
+    if config.backend == "openai":
+        o = config.openai
+        return OpenAICompatibleGenerator(o.base_url, o.model, sampling, template_hash, revision=o.revision,
+                                         concurrency=o.concurrency)
+    t = config.transformers
+    return TransformersGenerator(model_path, sampling, template_hash, max_batch_tokens=t.max_batch_tokens,
+                                 max_rows=t.max_rows, threads=t.threads, dtype=t.dtype)
+
+
+def run_sample(round_: int, params_path: Path = Path("params.yaml"), shard: int | None = None,
+               num_shards: int | None = None) -> dict:
+    """Stage sample@<round>: k samples per train question -> data/rounds/<r>/samples.parquet + metrics."""
+    import dataclasses
+
+    from corpus.generate.cache import GenerationCache
+    from corpus.generate.prompts import sampling_template
+    from corpus.generate.sampling import sample_questions, sample_stats
+
+    params = load_params(params_path)
+    config = sample_config(params)
+    if shard is not None or num_shards is not None:
+        config = dataclasses.replace(config, shard=shard or 0, num_shards=num_shards or 1)
+    rounds = rounds_config(params)
+    if round_ not in rounds:
+        raise ConfigError(f"params.yaml rounds: no entry for round {round_} (have {sorted(rounds)})")
+    template = sampling_template()
+    questions = train_questions(config)
+    generator = build_generator(config, rounds[round_].generator, template.hash)
+    cache = GenerationCache(config.cache)
+    try:
+        frame, report = sample_questions(
+            questions, generator, cache, template, k=config.k, round_=round_, round_seed=config.seed
+        )
+    finally:
+        cache.close()
+    stats = sample_stats(frame, report)
+    from corpus.validate import require_valid
+
+    require_valid(frame, "samples", f"round {round_} samples")
+    out = round_dir(round_)
+    name = "samples.parquet" if config.num_shards == 1 else f"samples.shard-{config.shard}-of-{config.num_shards}.parquet"
+    with atomic_path(out / name) as tmp:
+        frame.write_parquet(tmp, compression="zstd")
+    write_json(Path("metrics") / f"sample-{round_}.json", stats)
+    log.info("round %d: %d samples (%d cached, %d generated), accuracy %.3f",
+             round_, frame.height, report.cached, report.generated, stats["accuracy"])
+    return stats
+
+
+def hard_question_ids(samples: pl.DataFrame, threshold: float) -> set[str]:
+    """Questions whose first-pass accuracy is at or below `threshold`."""
+    accuracy = samples.group_by("question_id").agg(pl.col("correct").mean().alias("accuracy"))
+    return set(accuracy.filter(pl.col("accuracy") <= threshold)["question_id"].to_list())
+
+
+def filter_regenerated(frame: pl.DataFrame, questions: dict[str, dict], rules_path: Path | None) -> pl.DataFrame:
+    """Mark each hinted sample: leaked (and which rule), and why it is dropped (null: kept)."""
+    from corpus.leaks import LeakFilter, LeakRules
+
+    leak_filter = LeakFilter(LeakRules.load(rules_path))
+    leaked, rules, reasons = [], [], []
+    for row in frame.iter_rows(named=True):
+        hint = f"the correct answer is {questions[row['question_id']]['answer']}"
+        verdict = leak_filter.check(row["text"], hint)
+        leaked.append(verdict.leak)
+        rules.append(verdict.rule)
+        if verdict.leak:
+            reasons.append(f"leak:{verdict.rule}")
+        elif row["predicted"] is None:
+            reasons.append(f"no answer ({row['parse_status']})")
+        elif not row["correct"]:
+            reasons.append("wrong answer")
+        else:
+            reasons.append(None)
+    return frame.with_columns(
+        pl.Series("leaked", leaked, dtype=pl.Boolean),
+        pl.Series("leak_rule", rules, dtype=pl.String),
+        pl.Series("filter_reason", reasons, dtype=pl.String),
+    )
+
+
+def run_regenerate(round_: int, params_path: Path = Path("params.yaml")) -> dict:
+    """Stage regenerate@<round>: hard questions re-sampled with the gold answer as a hint, leaks dropped."""
+    from corpus.generate.cache import GenerationCache
+    from corpus.generate.prompts import hint_template
+    from corpus.generate.sampling import sample_questions
+
+    params = load_params(params_path)
+    config = sample_config(params)
+    regen = regenerate_config(params)
+    samples = pl.read_parquet(round_dir(round_) / "samples.parquet")
+    hard_ids = hard_question_ids(samples, regen.hard_threshold)
+    questions = {q["id"]: q for q in train_questions(config) if q["id"] in hard_ids}
+    template = hint_template()
+    generator = build_generator(config, rounds_config(params)[round_].generator, template.hash)
+    cache = GenerationCache(config.cache)
+    try:
+        frame, report = sample_questions(
+            list(questions.values()), generator, cache, template, k=regen.k or config.k, round_=round_,
+            round_seed=config.seed, hinted=True, description="regenerating (hinted)",
+        )
+    finally:
+        cache.close()
+    frame = filter_regenerated(frame, questions, regen.leak_rules)
+    from corpus.validate import require_valid
+
+    require_valid(frame, "samples", f"round {round_} regenerated samples")
+    require_valid(frame.with_columns(pl.col("filter_reason").is_null().alias("kept")), "regenerated",
+                  f"round {round_} regenerated samples")
+    with atomic_path(round_dir(round_) / "regenerated.parquet") as tmp:
+        frame.write_parquet(tmp, compression="zstd")
+    kept = frame.filter(pl.col("filter_reason").is_null()).height
+    log.info("round %d: %d hard question(s), %d hinted sample(s), %d kept", round_, len(hard_ids), frame.height, kept)
+    return {"hard_questions": len(hard_ids), "samples": frame.height, "kept": kept,
+            "generation": report.as_dict()}
+
+
+def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
+    """Stage pairs@<round>: SFT records and DPO pairs (TRL conversational JSONL) + pairs_stats.json."""
+    from corpus.atomic import canonical_json
+    from corpus.generate.prompts import sampling_template
+    from corpus.pairs import dpo_records, guard_contamination, pairs_stats, sft_records
+    from corpus.validate import require_valid
+
+    params = load_params(params_path)
+    config = pairs_config(params)
+    regen = regenerate_config(params)
+    folder = round_dir(round_)
+    samples = pl.read_parquet(folder / "samples.parquet")
+    regenerated = pl.read_parquet(folder / "regenerated.parquet")
+    train = pl.read_parquet(QUESTIONS / "train.parquet")
+    questions = {q["id"]: q for q in train.to_dicts()}
+    held_out = pl.concat([pl.read_parquet(QUESTIONS / f"{s}.parquet") for s in ("val", "test")])
+    template = sampling_template()
+    kept = regenerated.filter(pl.col("filter_reason").is_null()).select(samples.columns)
+    correct_pool = pl.concat([samples, kept])
+    sft = sft_records(correct_pool, questions, template)
+    dpo = dpo_records(correct_pool, samples, questions, template, config)
+    guard_contamination(sft, questions, held_out, f"{folder}/sft.jsonl")
+    guard_contamination(dpo, questions, held_out, f"{folder}/dpo.jsonl")
+    require_valid(records_frame(sft, "completion"), "sft", f"{folder}/sft.jsonl")
+    require_valid(records_frame(dpo, "chosen"), "dpo", f"{folder}/dpo.jsonl")
+    for name, records in (("sft.jsonl", sft), ("dpo.jsonl", dpo)):
+        with atomic_path(folder / name) as tmp:
+            tmp.write_text("".join(canonical_json(r) + "\n" for r in records), encoding="utf-8")
+    stats = pairs_stats(sft, dpo, questions, samples, regenerated, hard_question_ids(samples, regen.hard_threshold))
+    write_json(folder / "pairs_stats.json", stats)
+    log.info("round %d: %d SFT record(s), %d DPO pair(s)", round_, len(sft), len(dpo))
+    return stats
+
+
+def records_frame(records: list[dict], answer_field: str) -> pl.DataFrame:
+    """Pair records flattened for their data contract: texts, roles, and what the prompt holds."""
+    rows = []
+    for record in records:
+        prompt_text = "\n".join(m["content"] for m in record["prompt"])
+        row = {
+            "id": record["id"],
+            "question_id": record["question_id"],
+            "prompt_text": prompt_text,
+            "prompt_roles": ",".join(m["role"] for m in record["prompt"]),
+            "answer_text": record[answer_field][0]["content"],
+        }
+        if "rejected" in record:
+            row["rejected_text"] = record["rejected"][0]["content"]
+            row["same_text"] = row["answer_text"] == row["rejected_text"]
+        rows.append(row)
+    schema = {"id": pl.String, "question_id": pl.String, "prompt_text": pl.String, "prompt_roles": pl.String,
+              "answer_text": pl.String}
+    if answer_field == "chosen":
+        schema.update({"rejected_text": pl.String, "same_text": pl.Boolean})
+    return pl.DataFrame(rows, schema=schema)

@@ -122,7 +122,7 @@ class TransformersGenerator(Generator):
             finished = {}
             for job_index, samples in zip(batch, outputs):
                 for request, sample in zip(grouped[job_index], samples):
-                    finished[request.key] = Generation(sample.text, sample.new_tokens, sample.finish_reason)
+                    finished[request.key] = Generation(sample.text, sample.num_new_tokens, sample.finish_reason)
             yield finished
 
     def option_logprobs(self, messages, options):

@@ -1,0 +1,607 @@
+"""A transformers-based CPU sampler that draws k samples per prompt fast.
+
+What makes it fast, compared with a loop of ``model.generate(...,
+num_return_sequences=k)``:
+
+* **Each prompt is prefilled once for its k samples.** ``generate`` copies the
+  prompt k times and prefills every copy. Here the prompt's keys/values are
+  computed once and *shared* by its k sample rows during decoding: they are
+  never copied k times (a patient context of 4,000 tokens held 4 times is
+  ~740 MB of fp32 KV for SmolLM2), and a decode step reads them once per
+  prompt, not once per sample.
+* **Batches are planned by length** (``plan_batches``): jobs sorted by prompt
+  length and packed under a token budget and a row cap, so one decode step
+  advances up to ``max_rows`` samples of many prompts at once.
+* **No padding anywhere.** Prompts of the same length share one prefill
+  forward; prompts of different lengths get their own prefill forward (on a
+  CPU a single long prompt already fills the matrix units, so batching
+  unequal prompts would only add padding work: a left-padded batch wastes
+  the padding's compute and, worse, needs an explicit mask, which stops
+  SDPA from skipping the upper triangle of causal attention). Decoding
+  batches all rows of all prompts regardless of their lengths: every row
+  attends to its own prompt's KV segment (see ``_DecodeCache.attend``).
+* **Decoding uses its own loop** with a pre-allocated KV cache for the
+  generated tokens (``DynamicCache`` re-concatenates the whole cache at every
+  step), stops rows at EOS and drops finished rows (and prompts whose rows are
+  all finished) from the batch so late steps do not spend compute on them.
+
+Sampling is seeded per sample: every row owns a ``torch.Generator`` seeded
+with its sample seed, and draws exactly one uniform number from it per step
+(inverse-CDF sampling from the temperature-scaled, top-p-truncated
+distribution). A sample's randomness therefore depends only on its seed,
+never on which other rows share its batch.
+
+Caveat on reproducibility: the *logits* a row sees can differ in the last
+float bits with the batch composition (matrix kernels block and sum
+differently for different row counts), and a one-ulp difference can flip a
+draw that falls on a boundary between two tokens. Bitwise reproduction is
+therefore guaranteed for the same batch plan. ``plan_batches`` is a pure
+function of the full job list, so a run interrupted and restarted over the
+same job list re-creates the same batches (a caller that resumes should plan
+over the full list and skip batches that are already done, rather than plan
+over the remaining jobs only). On SmolLM2-size models in fp32 the samples are
+usually identical across batch compositions anyway; tests/test_hf_sampler.py
+records what holds on the tiny test model.
+
+The decode-time attention is registered with transformers under
+``ATTENTION_IMPLEMENTATION``: it is plain SDPA for every call except the
+engine's own decode steps (which pass their cache in a keyword argument), so a
+model loaded with it behaves exactly as with ``attn_implementation="sdpa"``
+everywhere else (training, ``generate``, ``option_logprobs``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Cache, DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+__all__ = [
+    "ATTENTION_IMPLEMENTATION",
+    "DEFAULT_MAX_BATCH_TOKENS",
+    "DEFAULT_MAX_ROWS",
+    "PromptJob",
+    "SampleOutput",
+    "SamplerStats",
+    "SamplingParams",
+    "load_model",
+    "option_logprobs",
+    "plan_batches",
+    "sample_all",
+    "sample_batch",
+    "stop_token_ids",
+]
+
+ATTENTION_IMPLEMENTATION = "corpus_shared_prefix_sdpa"
+# Keyword argument through which a decode step hands its cache to the attention function.
+_CACHE_KWARG = "corpus_decode_cache"
+
+# Budget defaults: at most 64 samples advance together (decode throughput on a
+# 2-core CPU stops improving around there), holding at most 64 Ki prompt tokens
+# of KV (each prompt once): about 3 GB in fp32 for SmolLM2-135M.
+DEFAULT_MAX_BATCH_TOKENS = 65_536
+DEFAULT_MAX_ROWS = 64
+# A top-p nucleus is looked for among the 256, then 4,096 likeliest tokens, and only
+# then in the sorted vocabulary (sorting 49 K probabilities per row costs ~7 ms).
+_NUCLEUS_CANDIDATES = (256, 4096, 1 << 62)
+# One prefill forward takes at most this many tokens (bounds activation memory
+# when many equal-length prompts share a forward).
+_MAX_PREFILL_TOKENS = 16_384
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Temperature 0 means greedy decoding (no random draw)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 160
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """One prompt and the seeds of its samples (one sample per seed)."""
+
+    prompt_ids: list[int]
+    seeds: list[int]
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """One sample. ``token_ids`` are the generated tokens, the stop token included
+    when ``finish_reason`` is "eos"; ``text`` is their decoding without special tokens."""
+
+    seed: int
+    token_ids: list[int]
+    text: str
+    num_new_tokens: int
+    finish_reason: str  # "eos" | "length"
+
+
+@dataclass
+class SamplerStats:
+    """Counters a caller may pass in to see where the time goes (accumulated over calls)."""
+
+    batches: int = 0
+    prefill_forwards: int = 0
+    decode_forwards: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0  # model steps and sampling
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def _register_attention() -> None:
+    """Make ATTENTION_IMPLEMENTATION known to transformers (idempotent). Its masks
+    are SDPA's, since outside the engine's decode steps it *is* SDPA."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(ATTENTION_IMPLEMENTATION, _attention)
+    AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
+
+
+def load_model(path: str | Path, dtype: str = "float32", threads: int | None = None):
+    """(model, tokenizer) from a local Hugging Face folder, in eval mode, with the
+    engine's attention. `threads` sets torch's intra-op threads (process-wide)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    _register_attention()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=getattr(torch, dtype), attn_implementation=ATTENTION_IMPLEMENTATION
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return model.eval(), tokenizer
+
+
+def _use_engine_attention(model) -> None:
+    """A model loaded elsewhere (e.g. with "sdpa") gets the engine's attention,
+    which is SDPA outside the engine's decode steps."""
+    if model.config._attn_implementation != ATTENTION_IMPLEMENTATION:
+        _register_attention()
+        model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+
+
+def stop_token_ids(model, tokenizer) -> frozenset[int]:
+    """Tokens that end a sample: the tokenizer's and the generation config's EOS,
+    and the ChatML turn end ``<|im_end|>`` when the vocabulary has it."""
+    ids: set[int] = set()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos is not None:
+        ids.update(int(token) for token in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    im_end = tokenizer.get_vocab().get("<|im_end|>")
+    if im_end is not None:
+        ids.add(int(im_end))
+    return frozenset(ids)
+
+
+# --- planning --------------------------------------------------------------------------
+
+
+def plan_batches(
+    jobs: Sequence[PromptJob], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_rows: int = DEFAULT_MAX_ROWS
+) -> list[list[int]]:
+    """Job indexes grouped into batches: jobs sorted by (prompt length, index) and
+    packed greedily while a batch holds at most `max_rows` samples and at most
+    `max_batch_tokens` prompt tokens (its prompts' KV, each prompt counted once:
+    its k samples share it). A job over either bound alone gets a batch of its
+    own (a job's samples are never split). Jobs without seeds ride along at no
+    cost. A pure function of `jobs`: the same list always gives the same plan."""
+    if max_batch_tokens < 1 or max_rows < 1:
+        raise ValueError("max_batch_tokens and max_rows must be >= 1")
+    order = sorted(range(len(jobs)), key=lambda index: (len(jobs[index].prompt_ids), index))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = rows = 0
+    for index in order:
+        job_rows = len(jobs[index].seeds)
+        job_tokens = len(jobs[index].prompt_ids) if job_rows else 0
+        if current and (tokens + job_tokens > max_batch_tokens or rows + job_rows > max_rows):
+            batches.append(current)
+            current, tokens, rows = [], 0, 0
+        current.append(index)
+        tokens += job_tokens
+        rows += job_rows
+    if current:
+        batches.append(current)
+    return batches
+
+
+# --- decode-time cache and attention ---------------------------------------------------
+
+
+class _GeneratedLayer(DynamicLayer):
+    """One layer's KV for a decode batch: each prompt's KV once (views into its
+    prefill cache, shape (kv_heads, prompt_len, head_dim)) and a pre-allocated
+    buffer for the rows' generated tokens (rows, kv_heads, max_new_tokens,
+    head_dim), filled one slot per step instead of re-concatenated."""
+
+    is_croppable = False
+    supports_early_init = False
+
+    def __init__(self, prompt_keys: list, prompt_values: list, rows: int, capacity: int) -> None:
+        super().__init__()
+        self.prompt_keys = prompt_keys
+        self.prompt_values = prompt_values
+        kv_heads, _, head_dim = prompt_keys[0].shape
+        like = prompt_keys[0]
+        self.keys = like.new_empty((rows, kv_heads, capacity, head_dim))
+        self.values = like.new_empty((rows, kv_heads, capacity, head_dim))
+        self.length = 0
+        self.is_initialized = True
+        self.dtype, self.device = like.dtype, like.device
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        step = key_states.shape[-2]
+        self.keys[:, :, self.length : self.length + step] = key_states
+        self.values[:, :, self.length : self.length + step] = value_states
+        self.length += step
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def keep(self, rows, jobs: list[int]) -> None:
+        self.keys = self.keys.index_select(0, rows)
+        self.values = self.values.index_select(0, rows)
+        self.prompt_keys = [self.prompt_keys[job] for job in jobs]
+        self.prompt_values = [self.prompt_values[job] for job in jobs]
+
+
+class _DecodeCache(DynamicCache):
+    """The KV of one decode batch. Rows are kept grouped by job (job-major):
+    ``job_rows[j]`` is the slice of rows that attend to job j's prompt."""
+
+    def __init__(self, layers: list[_GeneratedLayer], job_rows: list[slice]) -> None:
+        Cache.__init__(self, layers=layers)
+        self.job_rows = job_rows
+
+    def keep(self, rows: list[int], row_jobs: list[int]) -> None:
+        """Keep only `rows` (indexes into the current rows, ascending);
+        `row_jobs` gives each current row's job (index into current jobs)."""
+        jobs = sorted({row_jobs[row] for row in rows})
+        new_index = {job: position for position, job in enumerate(jobs)}
+        counts = [0] * len(jobs)
+        for row in rows:
+            counts[new_index[row_jobs[row]]] += 1
+        starts = [sum(counts[:position]) for position in range(len(jobs))]
+        self.job_rows = [slice(start, start + count) for start, count in zip(starts, counts)]
+        selected = torch.tensor(rows, dtype=torch.long)
+        for layer in self.layers:
+            layer.keep(selected, jobs)
+
+    def attend(self, layer_idx: int, query, key, value, scaling: float):
+        """Attention of one new token per row over its prompt's KV and its own
+        generated tokens' KV. The two parts are computed separately and merged
+        by their log-sum-exp (the split-softmax identity flash-decoding uses):
+        the prompt part runs all rows of a job as one multi-query attention
+        against the job's KV, read once for its k rows; grouped-query heads
+        share their KV head without copying it (no repeat_kv)."""
+        layer = self.layers[layer_idx]
+        rows, heads, _, head_dim = query.shape
+        kv_heads = key.shape[1]
+        groups = heads // kv_heads
+        # Query heads of one KV head become that KV head's query rows.
+        q = query.reshape(rows, kv_heads, groups, head_dim)
+
+        own_out, own_lse = _attend_with_lse(q, key, value, scaling)
+
+        prompt_out, prompt_lse = [], []
+        for job_slice, keys, values in zip(self.job_rows, layer.prompt_keys, layer.prompt_values):
+            count = job_slice.stop - job_slice.start
+            job_q = q[job_slice].transpose(0, 1).reshape(1, kv_heads, count * groups, head_dim)
+            out, lse = _attend_with_lse(job_q, keys.unsqueeze(0), values.unsqueeze(0), scaling)
+            prompt_out.append(out.reshape(kv_heads, count, groups, head_dim).transpose(0, 1))
+            prompt_lse.append(lse.reshape(kv_heads, count, groups, 1).transpose(0, 1))
+        prompt_out = torch.cat(prompt_out)
+        prompt_lse = torch.cat(prompt_lse)
+
+        total = torch.logaddexp(prompt_lse, own_lse)
+        out = prompt_out * torch.exp(prompt_lse - total) + own_out * torch.exp(own_lse - total)
+        return out.reshape(rows, 1, heads, head_dim)
+
+
+def _attend_with_lse(q, k, v, scale: float):
+    """softmax(q k^T * scale) v and the log-sum-exp of each score row, for
+    (batch, heads, queries, head_dim) tensors. On CPU, torch's fused flash
+    kernel returns both (about twice as fast as the three-step version)."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)[:2]
+        return out, lse.unsqueeze(-1)
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    return torch.matmul(torch.exp(scores - lse), v), lse
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """ATTENTION_IMPLEMENTATION: the engine's decode attention when a decode step
+    passes its cache, SDPA otherwise."""
+    cache = kwargs.pop(_CACHE_KWARG, None)
+    if cache is None or query.shape[2] != 1:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return cache.attend(module.layer_idx, query, key, value, scaling), None
+
+
+# --- sampling --------------------------------------------------------------------------
+
+
+def _nucleus_pick(probs_sorted, indices, top_p: float, uniforms):
+    """Inverse-CDF draw from each row's top-p nucleus. `probs_sorted` holds each
+    row's probabilities in descending order (or a prefix of them that covers
+    top_p), `indices` their token ids, `uniforms` one U[0,1) per row."""
+    cumulative = probs_sorted.cumsum(-1)
+    # A token is in the nucleus when the mass before it is still below top_p (the first always is).
+    in_nucleus = (cumulative - probs_sorted) < top_p
+    kept = probs_sorted * in_nucleus
+    kept_cumulative = kept.cumsum(-1)
+    target = uniforms * kept_cumulative[:, -1]
+    position = (kept_cumulative <= target.unsqueeze(-1)).sum(-1)
+    # Rounding can put the target at the very end: stay inside the nucleus.
+    position = torch.minimum(position, in_nucleus.sum(-1) - 1)
+    return indices.gather(-1, position.unsqueeze(-1)).squeeze(-1)
+
+
+def _draw_tokens(logits, generators: Sequence[torch.Generator], params: SamplingParams) -> list[int]:
+    """One token per row; row i's randomness is one uniform from generators[i]."""
+    if params.temperature == 0:
+        return logits.argmax(-1).tolist()
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    uniforms = torch.tensor([torch.rand((), generator=g, dtype=torch.float64).item() for g in generators])
+    uniforms = uniforms.to(probs.dtype)
+    vocab = probs.shape[-1]
+    if params.top_p >= 1:
+        # The whole distribution, in vocabulary order: no sort needed.
+        return _nucleus_pick(probs, torch.arange(vocab).expand_as(probs), 2.0, uniforms).tolist()
+    # The nucleus is found among the likeliest tokens: a top-k is far cheaper than
+    # sorting the vocabulary, which only rows with a flat distribution need.
+    tokens = torch.empty(len(generators), dtype=torch.long)
+    pending = torch.arange(len(generators))
+    for candidates in _NUCLEUS_CANDIDATES:
+        rows = probs.index_select(0, pending)
+        if candidates >= vocab:
+            top_probs, top_indices = rows.sort(dim=-1, descending=True, stable=True)
+            covered = torch.ones(len(pending), dtype=torch.bool)
+        else:
+            top_probs, top_indices = rows.topk(candidates, dim=-1)
+            covered = top_probs.sum(-1) >= params.top_p
+        tokens[pending[covered]] = _nucleus_pick(
+            top_probs[covered], top_indices[covered], params.top_p, uniforms[pending[covered]]
+        )
+        pending = pending[~covered]
+        if len(pending) == 0:
+            break
+    return tokens.tolist()
+
+
+# --- one batch -------------------------------------------------------------------------
+
+
+def _prefill(model, prompts: list[list[int]], stats: SamplerStats | None):
+    """Each prompt's per-layer KV, shape (kv_heads, len, head_dim), and its last
+    logits. Prompts of equal length share a forward; no padding, no mask (so
+    SDPA runs its causal kernel)."""
+    order = sorted(range(len(prompts)), key=lambda index: (len(prompts[index]), index))
+    groups: list[list[int]] = []
+    for index in order:
+        length = len(prompts[index])
+        if groups and len(prompts[groups[-1][0]]) == length and (len(groups[-1]) + 1) * length <= _MAX_PREFILL_TOKENS:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+
+    keys: list[list | None] = [None] * len(prompts)
+    values: list[list | None] = [None] * len(prompts)
+    last_logits: list = [None] * len(prompts)
+    for group in groups:
+        input_ids = torch.tensor([prompts[index] for index in group], dtype=torch.long)
+        output = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        cache = output.past_key_values
+        for row, index in enumerate(group):
+            keys[index] = [layer.keys[row] for layer in cache.layers]
+            values[index] = [layer.values[row] for layer in cache.layers]
+            last_logits[index] = output.logits[row, -1]
+        if stats is not None:
+            stats.prefill_forwards += 1
+            stats.prompt_tokens += input_ids.numel()
+    return keys, values, torch.stack(last_logits)
+
+
+def _finish(token: int, produced: int, stop_ids: frozenset[int], max_new_tokens: int) -> str | None:
+    if token in stop_ids:
+        return "eos"
+    if produced >= max_new_tokens:
+        return "length"
+    return None
+
+
+def sample_batch(
+    model,
+    tokenizer,
+    jobs: Sequence[PromptJob],
+    params: SamplingParams,
+    *,
+    on_tokens: Callable[[int], None] | None = None,
+    stats: SamplerStats | None = None,
+) -> list[list[SampleOutput]]:
+    """Sample every job's seeds in one batch; outputs per job, in seed order.
+    Run the jobs of one `plan_batches` batch together for reproducible results."""
+    _use_engine_attention(model)
+    stop_ids = stop_token_ids(model, tokenizer)
+    live_jobs = [index for index, job in enumerate(jobs) if job.seeds]
+    for index in live_jobs:
+        if not jobs[index].prompt_ids:
+            raise ValueError(f"job {index}: empty prompt")
+    results: list[list[SampleOutput]] = [[] for _ in jobs]
+    if not live_jobs:
+        return results
+
+    # Rows in job-major order: that order is what the decode cache's job slices rely on.
+    row_job = [position for position, index in enumerate(live_jobs) for _ in jobs[index].seeds]
+    row_seed = [seed for index in live_jobs for seed in jobs[index].seeds]
+    row_origin = [(index, k) for index in live_jobs for k in range(len(jobs[index].seeds))]
+    generators = [torch.Generator().manual_seed(seed) for seed in row_seed]
+    prompt_len = [len(jobs[live_jobs[job]].prompt_ids) for job in row_job]
+
+    with torch.inference_mode():
+        started = time.perf_counter()
+        prompt_keys, prompt_values, prompt_logits = _prefill(model, [jobs[i].prompt_ids for i in live_jobs], stats)
+        prefilled = time.perf_counter()
+
+        counts = [len(jobs[index].seeds) for index in live_jobs]
+        job_rows = [slice(sum(counts[:j]), sum(counts[: j + 1])) for j in range(len(counts))]
+        layers = [
+            _GeneratedLayer([keys[layer] for keys in prompt_keys], [vals[layer] for vals in prompt_values],
+                            len(row_job), params.max_new_tokens)
+            for layer in range(len(prompt_keys[0]))
+        ]
+        cache = _DecodeCache(layers, job_rows)
+        del prompt_keys, prompt_values  # the cache holds the views now
+
+        generated = _decode(
+            model, cache, prompt_logits.index_select(0, torch.tensor(row_job)), row_job, prompt_len,
+            generators, params, stop_ids, on_tokens, stats,
+        )
+        finished = time.perf_counter()
+
+    for row, (tokens, reason) in enumerate(generated):
+        index, _ = row_origin[row]
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        results[index].append(SampleOutput(row_seed[row], tokens, text, len(tokens), reason))
+    if stats is not None:
+        stats.batches += 1
+        stats.prefill_seconds += prefilled - started
+        stats.decode_seconds += finished - prefilled
+        stats.new_tokens += sum(len(tokens) for tokens, _ in generated)
+    return results
+
+
+def _decode(model, cache, logits, row_job, prompt_len, generators, params, stop_ids, on_tokens, stats):
+    """The decode loop: draw, retire finished rows, run one step for the rest.
+    Returns (token ids, finish reason) per row."""
+    rows = len(row_job)
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    reasons: list[str | None] = [None] * rows
+    live = list(range(rows))  # original row ids of the rows in the batch, job-major
+    live_job = list(row_job)  # each live row's job, as an index into the cache's current jobs
+    for step in range(params.max_new_tokens):
+        drawn = _draw_tokens(logits, [generators[row] for row in live], params)
+        still: list[int] = []
+        for position, (row, token) in enumerate(zip(live, drawn)):
+            tokens[row].append(token)
+            reasons[row] = _finish(token, step + 1, stop_ids, params.max_new_tokens)
+            if reasons[row] is None:
+                still.append(position)
+        if on_tokens is not None:
+            on_tokens(len(live))
+        if not still:
+            break
+        if len(still) < len(live):
+            # Retire finished rows now: a step costs in proportion to the rows it
+            # carries, and dropping a row copies only its generated-token KV.
+            cache.keep(still, live_job)
+            kept_jobs = sorted({live_job[position] for position in still})
+            renumber = {job: new for new, job in enumerate(kept_jobs)}
+            live = [live[position] for position in still]
+            live_job = [renumber[live_job[position]] for position in still]
+            drawn = [drawn[position] for position in still]
+        input_ids = torch.tensor(drawn, dtype=torch.long).unsqueeze(-1)
+        position_ids = torch.tensor([prompt_len[row] + step for row in live], dtype=torch.long).unsqueeze(-1)
+        output = model(
+            input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True,
+            **{_CACHE_KWARG: cache},
+        )
+        logits = output.logits[:, -1]
+        if stats is not None:
+            stats.decode_forwards += 1
+    return list(zip(tokens, reasons))
+
+
+# --- many batches ----------------------------------------------------------------------
+
+
+def sample_all(
+    model,
+    tokenizer,
+    jobs: Sequence[PromptJob],
+    params: SamplingParams,
+    *,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    on_tokens: Callable[[int], None] | None = None,
+    stats: SamplerStats | None = None,
+) -> Iterator[tuple[list[int], list[list[SampleOutput]]]]:
+    """Run every batch of `plan_batches(jobs, ...)`, yielding (job indexes,
+    outputs per job) as each batch completes, so a caller can flush finished
+    work to disk batch by batch."""
+    for batch in plan_batches(jobs, max_batch_tokens, max_rows):
+        outputs = sample_batch(model, tokenizer, [jobs[index] for index in batch], params, on_tokens=on_tokens, stats=stats)
+        yield batch, outputs
+
+
+# --- option scoring --------------------------------------------------------------------
+
+
+def option_logprobs(model, tokenizer, prompt_ids: Sequence[int], options: Sequence[str]) -> list[float]:
+    """Sum of the log-probabilities of each option's tokens right after the prompt
+    (the parser's last-resort answer, `parse_answer(..., logprob_fn=...)`).
+    The prompt is run once; the options then run as one batch against a copy of
+    its KV per option (cheaper than re-running a long prompt per option)."""
+    if not prompt_ids:
+        raise ValueError("option_logprobs needs a non-empty prompt")
+    encoded = [tokenizer(option, add_special_tokens=False)["input_ids"] for option in options]
+    if not encoded:
+        return []
+    if any(not ids for ids in encoded):
+        raise ValueError("an option encodes to no tokens")
+    head, last = list(prompt_ids[:-1]), int(prompt_ids[-1])
+    width = 1 + max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Each row: the prompt's last token then the option, right-padded (padding sits after
+    # every scored position, so it changes nothing that is scored).
+    rows = torch.tensor([[last, *ids] + [pad] * (width - 1 - len(ids)) for ids in encoded], dtype=torch.long)
+    option_mask = torch.tensor([[1] * (1 + len(ids)) + [0] * (width - 1 - len(ids)) for ids in encoded])
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        if head:
+            model(input_ids=torch.tensor([head], dtype=torch.long), past_key_values=cache, use_cache=True,
+                  logits_to_keep=1)
+            cache.batch_repeat_interleave(len(encoded))
+        attention_mask = torch.cat([torch.ones(len(encoded), len(head), dtype=torch.long), option_mask], dim=1)
+        position_ids = torch.arange(len(head), len(head) + width).expand(len(encoded), -1)
+        logits = model(
+            input_ids=rows, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+            use_cache=True,
+        ).logits
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+    scores = []
+    for row, ids in enumerate(encoded):
+        picked = log_probs[row, torch.arange(len(ids)), torch.tensor(ids)]
+        scores.append(float(picked.sum()))
+    return scores

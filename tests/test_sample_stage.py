@@ -1,0 +1,111 @@
+"""The sample stage end to end with the tiny model: kill -9 part-way, resume, same bytes; cache reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from corpus.config import CohortConfig
+from corpus.hashing import file_sha256
+from corpus.questions.mimic import MIMIC_TASKS, build_mimic_questions
+from corpus.questions.question_sets import publish_question_sets
+from corpus.questions.sampling import SamplingPolicy
+from tests.conftest import REPO, requires_demo
+from tests.tiny_model import build_tiny_model
+
+pytestmark = requires_demo
+
+QUESTIONS = 10
+K = 2
+
+
+@pytest.fixture(scope="module")
+def model_and_questions(tmp_path_factory, demo_cohorts):
+    root = tmp_path_factory.mktemp("sample-inputs")
+    policies = {t: SamplingPolicy() for t in MIMIC_TASKS}
+    questions = build_mimic_questions(demo_cohorts["kare"], policies, CohortConfig(), 13)
+    publish_question_sets(questions, policies, (0.8, 0.1, 0.1), 13, root / "questions")
+    return build_tiny_model(root), root / "questions"
+
+
+def _workdir(root: Path, model: Path, questions: Path, **sample) -> Path:
+    (root / "data").mkdir(parents=True)
+    os.symlink(questions, root / "data" / "questions")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["rounds"] = [{"round": 1, "generator": str(model)}]
+    params["sample"].update({"limit": QUESTIONS, "k": K, "max_new_tokens": 48, "temperature": 1.0, **sample})
+    # One question per batch (many flushes); one thread: a tiny model gains nothing from two.
+    params["sample"]["transformers"].update({"max_rows": K, "threads": 1})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def _stage(workdir: Path) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(REPO / "stages" / "sample.py"), "--round", "1"], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+
+
+def _cached(workdir: Path) -> int:
+    path = workdir / ".cache" / "generations.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM generations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _stats(workdir: Path) -> dict:
+    return json.loads((workdir / "metrics" / "sample-1.json").read_text())
+
+
+def test_killed_run_resumes_to_the_same_bytes(tmp_path, model_and_questions):
+    model, questions = model_and_questions
+    whole = _workdir(tmp_path / "whole", model, questions)
+    _finish(_stage(whole))
+    total = QUESTIONS * K
+    assert _stats(whole)["generation"]["generated"] == total
+
+    killed = _workdir(tmp_path / "killed", model, questions)
+    process = _stage(killed)
+    deadline = time.monotonic() + 300
+    while _cached(killed) == 0 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before_kill = _cached(killed)
+    assert 0 < done_before_kill < total, "the kill should land part-way"
+    assert not (killed / "data/rounds/1/samples.parquet").exists()  # no half-written artifact
+
+    _finish(_stage(killed))
+    generation = _stats(killed)["generation"]
+    assert generation["cached"] == done_before_kill
+    assert generation["generated"] == total - done_before_kill  # only what was missing
+    assert file_sha256(killed / "data/rounds/1/samples.parquet") == file_sha256(whole / "data/rounds/1/samples.parquet")
+
+    # A downstream parameter changes: the stage (re-run anyway) generates nothing.
+    params = yaml.safe_load((killed / "params.yaml").read_text())
+    params["pairs"]["max_per_question"] = 1
+    (killed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _finish(_stage(killed))
+    assert _stats(killed)["generation"]["generated"] == 0
+    frame = pl.read_parquet(killed / "data/rounds/1/samples.parquet")
+    assert frame.height == total and frame["question_id"].n_unique() == QUESTIONS
+    assert sorted(frame["k_index"].unique().to_list()) == list(range(K))
