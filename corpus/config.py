@@ -212,11 +212,18 @@ class RoundConfig:
 
 
 def rounds_config(params: dict[str, Any]) -> dict[int, RoundConfig]:
-    entries = params.get("rounds") or []
+    entries = params.get("rounds") or {}
+    if not isinstance(entries, dict):
+        raise ConfigError('params.yaml rounds: expected a mapping of round number to {generator: ...}, e.g. "1": {generator: models/base}')
     rounds = {}
-    for entry in entries:
-        item = RoundConfig(round=int(entry["round"]), generator=Path(entry["generator"]))
-        rounds[item.round] = item
+    for key, entry in entries.items():
+        try:
+            number = int(key)
+        except ValueError:
+            raise ConfigError(f"params.yaml rounds: key {key!r} is not a round number") from None
+        if not isinstance(entry, dict) or "generator" not in entry:
+            raise ConfigError(f"params.yaml rounds.{key}: expected {{generator: <model folder>}}")
+        rounds[number] = RoundConfig(round=number, generator=Path(entry["generator"]))
     return rounds
 
 

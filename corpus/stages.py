@@ -218,14 +218,17 @@ def hard_question_ids(samples: pl.DataFrame, threshold: float) -> set[str]:
     return set(accuracy.filter(pl.col("accuracy") <= threshold)["question_id"].to_list())
 
 
-def filter_regenerated(frame: pl.DataFrame, questions: dict[str, dict], rules_path: Path | None) -> pl.DataFrame:
+def filter_regenerated(frame: pl.DataFrame, questions: dict[str, dict], rules_path: Path | None,
+                       template) -> pl.DataFrame:
     """Mark each hinted sample: leaked (and which rule), and why it is dropped (null: kept)."""
+    from corpus.generate.prompts import hint_text
     from corpus.leaks import LeakFilter, LeakRules
 
     leak_filter = LeakFilter(LeakRules.load(rules_path))
     leaked, rules, reasons = [], [], []
     for row in frame.iter_rows(named=True):
-        hint = f"the correct answer is {questions[row['question_id']]['answer']}"
+        question = questions[row["question_id"]]
+        hint = hint_text(template, question["answer"], list(question["options"]))
         verdict = leak_filter.check(row["text"], hint)
         leaked.append(verdict.leak)
         rules.append(verdict.rule)
@@ -266,7 +269,7 @@ def run_regenerate(round_: int, params_path: Path = Path("params.yaml")) -> dict
         )
     finally:
         cache.close()
-    frame = filter_regenerated(frame, questions, regen.leak_rules)
+    frame = filter_regenerated(frame, questions, regen.leak_rules, template)
     from corpus.validate import require_valid
 
     require_valid(frame, "samples", f"round {round_} regenerated samples")

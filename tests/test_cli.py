@@ -31,3 +31,29 @@ def test_bad_params_gives_a_clear_error(tmp_path):
     (tmp_path / "params.yaml").write_text("cohorts:\n  label_convention: nope\n")
     result = CliRunner().invoke(app, ["cohorts", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 1
+
+
+def test_leaks_command_writes_one_verdict_per_row(tmp_path):
+    import json
+
+    rows = [
+        {"id": "leaky", "rationale": "As the hint says, the patient will not be readmitted. Answer: No",
+         "hint": "the correct answer is No"},
+        {"id": "clean", "rationale": "Lactate hints at hypoperfusion; given his CKD the risk is high. Final answer: Yes",
+         "hint": "the correct answer is Yes"},
+        {"rationale": "Working backwards from the known outcome, it must be B.", "hint": "the correct answer is B"},
+    ]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "verdicts.jsonl"
+    result = CliRunner().invoke(app, ["leaks", "--input", str(source), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    verdicts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [v["id"] for v in verdicts] == ["leaky", "clean", 2]
+    assert [v["leak"] for v in verdicts] == [True, False, True]
+    assert verdicts[0]["rule"] and verdicts[1]["rule"] is None
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"rationale": "fine", "hint": "x"}\nnot json\n')
+    result = CliRunner().invoke(app, ["leaks", "--input", str(broken), "--output", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and not (tmp_path / "o.jsonl").exists()

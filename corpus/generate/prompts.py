@@ -55,3 +55,15 @@ def question_messages(question: dict, template: PromptTemplate, hint: str | None
         context=question["context"], question=question["question"], option_list=option_list, answer=hint or ""
     )
     return [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
+
+
+def hint_text(template: PromptTemplate, answer: str, options: list[str]) -> str:
+    """The hint line of a hint template, as the leak filter should compare against.
+
+    The answer is written as its label ("C", "Yes"), not its full option text:
+    a rationale that states its chosen option ("C. 33.0% to below 38.8%") is
+    concluding, not quoting the hint.
+    """
+    label = answer_labels([answer])[0] if answer in options else answer
+    line = next((line for line in template.user.splitlines() if "{answer}" in line), "{answer}")
+    return line.replace("{answer}", label).replace("{{", "{").replace("}}", "}")
