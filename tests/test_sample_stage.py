@@ -42,7 +42,7 @@ def _workdir(root: Path, model: Path, questions: Path, **sample) -> Path:
     (root / "data").mkdir(parents=True)
     os.symlink(questions, root / "data" / "questions")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["rounds"] = [{"round": 1, "generator": str(model)}]
+    params["rounds"] = {"1": {"generator": str(model)}}
     params["sample"].update({"limit": QUESTIONS, "k": K, "max_new_tokens": 48, "temperature": 1.0, **sample})
     # One question per batch (many flushes); one thread: a tiny model gains nothing from two.
     params["sample"]["transformers"].update({"max_rows": K, "threads": 1})

@@ -145,11 +145,15 @@ def sample_questions(
         options = list(question["options"])
         parsed = parse_answer(generation.text, options)
         if parsed.predicted is None and parsed.parse_status == "unparsed":
-            scored = cache.get_scores(key)
+            # The options are scored as the reply to the prompt: one forward per question,
+            # shared by its k samples (and cached like a generation).
+            score_key = request_key(canonical_json({"messages": list(messages), "options": options}),
+                                    generator.fingerprint, 0)
+            scored = cache.get_scores(score_key)
             if scored is None:
                 scored = generator.option_logprobs(list(messages), options)
                 if scored is not None:
-                    cache.put_scores(key, scored)
+                    cache.put_scores(score_key, scored)
             if scored is not None:
                 parsed = parse_answer(generation.text, options, logprob_fn=lambda _opts, s=scored: s)
                 report.scored_by_logprob += 1
