@@ -24,6 +24,7 @@ import polars as pl
 from corpus.atomic import atomic_path, write_json
 from corpus.errors import ConfigError
 from corpus.ingest.mimic import ingest_mimic
+from corpus.validate import require_valid
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,6 @@ def run_sample(round_: int, params_path: Path = Path("params.yaml"), shard: int 
     finally:
         cache.close()
     stats = sample_stats(frame, report)
-    from corpus.validate import require_valid
-
     require_valid(frame, "samples", f"round {round_} samples")
     out = round_dir(round_)
     name = "samples.parquet" if config.num_shards == 1 else f"samples.shard-{config.shard}-of-{config.num_shards}.parquet"
@@ -270,8 +269,6 @@ def run_regenerate(round_: int, params_path: Path = Path("params.yaml")) -> dict
     finally:
         cache.close()
     frame = filter_regenerated(frame, questions, regen.leak_rules, template)
-    from corpus.validate import require_valid
-
     require_valid(frame, "samples", f"round {round_} regenerated samples")
     require_valid(frame.with_columns(pl.col("filter_reason").is_null().alias("kept")), "regenerated",
                   f"round {round_} regenerated samples")
@@ -288,8 +285,6 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
     from corpus.atomic import canonical_json
     from corpus.generate.prompts import sampling_template
     from corpus.pairs import dpo_records, guard_contamination, pairs_stats, sft_records
-    from corpus.validate import require_valid
-
     params = load_params(params_path)
     config = pairs_config(params)
     regen = regenerate_config(params)

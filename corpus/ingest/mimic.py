@@ -100,10 +100,9 @@ def _ingest_table(
         raise SourceError(f"{path}: reading table {spec.name} failed: {exc}") from exc
 
     columns = ", ".join(quote_ident(c) for c in spec.columns)
-    order = ", ".join(quote_ident(c) for c in spec.columns)
     # Sorted output: same source, same bytes.
     con.execute(
-        f"COPY (SELECT {columns} FROM read_parquet({quote_path(staged)}) WHERE _reason IS NULL ORDER BY {order}) "
+        f"COPY (SELECT {columns} FROM read_parquet({quote_path(staged)}) WHERE _reason IS NULL ORDER BY {columns}) "
         f"TO {quote_path(out / f'{spec.name}.parquet')} (FORMAT parquet)"
     )
     raw_columns = ", ".join(f"{quote_ident('_raw_' + c)} AS {quote_ident(c)}" for c in spec.columns)
