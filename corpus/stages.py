@@ -285,6 +285,7 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
     from corpus.atomic import canonical_json
     from corpus.generate.prompts import sampling_template
     from corpus.pairs import dpo_records, guard_contamination, pairs_stats, sft_records
+
     params = load_params(params_path)
     config = pairs_config(params)
     regen = regenerate_config(params)
