@@ -31,6 +31,10 @@ def tiny(tmp_path_factory):
     return folder, model, tokenizer
 
 
+def common_prefix(first: list[int], second: list[int]) -> int:
+    return next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+
+
 def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -85,6 +89,11 @@ def test_plan_batches_is_deterministic_and_respects_the_budget():
     flat = [i for batch in plan for i in batch]
     assert [lengths[i] for i in flat] == sorted(lengths)
     assert plan_batches(jobs, max_batch_tokens=10**9, max_rows=10**9) == [flat]
+    # Prompts that share a prefix are neighbours whatever their lengths (one batch
+    # computes the shared part once), ahead of a shorter prompt that shares nothing.
+    family = [PromptJob([7, 7, 7, 2], [0]), PromptJob([9] * 3, [0]), PromptJob([7, 7, 7] + [1] * 50, [0]),
+              PromptJob([7, 7, 8], [0])]
+    assert plan_batches(family, max_batch_tokens=10**9, max_rows=10**9) == [[2, 0, 3, 1]]
     # Ties are broken by index, and jobs without seeds cost nothing.
     tied = [PromptJob([1] * 5, [0]), PromptJob([1] * 5, []), PromptJob([1] * 5, [0])]
     assert plan_batches(tied, max_batch_tokens=10, max_rows=2) == [[0, 1, 2]]
@@ -163,36 +172,79 @@ def test_different_seeds_give_different_samples(tiny, prompts):
     assert len({tuple(s.token_ids) for s in samples}) == 6
 
 
-def test_k_samples_share_one_prefill_forward(tiny, prompts):
+@pytest.fixture(scope="module")
+def record_prompts(tiny):
+    """Two questions about one record (a shared prefix, different endings) and an unrelated prompt."""
+    _, _, tokenizer = tiny
+    record = "Medications: 1. Heparin 2. Furosemide 3. Vancomycin 4. Insulin. Lactate rising."
+    mortality = chat(tokenizer, f"{record} Will the patient die in hospital? Answer Yes or No.")
+    stay = chat(tokenizer, f"{record} How long will the stay last? Choose one option.")
+    other = chat(tokenizer, "The patient is stable, vitals are normal.")
+    return mortality, stay, other
+
+
+def test_k_samples_share_one_prefill_and_prompts_share_their_common_prefix(tiny, record_prompts):
     _, model, tokenizer = tiny
+    mortality, stay, other = record_prompts
+    shared = next(i for i, (a, b) in enumerate(zip(mortality, stay)) if a != b)
+    assert 15 < shared < min(len(mortality), len(stay)) - 5
     calls: list[tuple[int, int]] = []
 
     def count(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         calls.append(tuple(ids.shape))
 
-    same_length = PromptJob(prompts[0][:-3] + prompts[2][-3:], [5, 6, 7])
-    jobs = [PromptJob(prompts[0], [1, 2, 3, 4]), same_length]
+    jobs = [PromptJob(mortality, [1, 2, 3, 4]), PromptJob(stay, [5, 6, 7]), PromptJob(other, [8])]
     handle = model.register_forward_pre_hook(count, with_kwargs=True)
     try:
         stats = SamplerStats()
         sample_batch(model, tokenizer, jobs, SamplingParams(max_new_tokens=8), stats=stats)
     finally:
         handle.remove()
-    prefills = [shape for shape in calls if shape[1] > 1]
-    assert prefills == [(2, len(prompts[0]))]  # both prompts, once each, in one forward: not 7 rows
-    decodes = [shape for shape in calls if shape[1] == 1]
-    assert all(rows <= 7 for rows, _ in decodes) and decodes[0] == (7, 1)
-    assert stats.prefill_forwards == 1 and stats.decode_forwards == len(decodes)
-    # Prompts of different lengths are prefilled separately (no padding), still once per prompt.
-    calls.clear()
-    handle = model.register_forward_pre_hook(count, with_kwargs=True)
-    try:
-        sample_batch(model, tokenizer, [PromptJob(prompts[1], [1, 2]), PromptJob(prompts[3], [3, 4])],
-                     SamplingParams(max_new_tokens=2))
-    finally:
-        handle.remove()
-    assert sorted(shape for shape in calls if shape[1] > 1) == sorted([(1, len(prompts[1])), (1, len(prompts[3]))])
+    prefills, decodes = calls[:3], calls[3:]
+    # One forward per prompt, never per sample, in token order; each runs only the
+    # tokens after the prefix it shares with the prompt before it (the chat header
+    # for unrelated prompts, the whole record for the two record questions).
+    ordered = sorted([mortality, stay, other])
+    computed = [len(ordered[0])] + [len(b) - common_prefix(a, b) for a, b in zip(ordered, ordered[1:])]
+    assert prefills == [(1, n) for n in computed]
+    # The record's questions are neighbours (whatever sorts between them shares their prefix).
+    assert (1, len(max(mortality, stay)) - shared) in prefills
+    assert stats.prefill_forwards == 3 and stats.prompt_tokens == len(mortality) + len(stay) + len(other)
+    assert stats.prefill_computed_tokens == sum(computed)
+    assert all(shape[1] == 1 for shape in decodes) and decodes[0] == (8, 1)  # all 8 samples decode together
+    assert stats.decode_forwards == len(decodes)
+
+
+def test_shared_prefix_prefill_equals_a_full_prefill(tiny, record_prompts):
+    """The KV and last logits of a prompt prefilled after a shared prefix are those
+    of the prompt run alone (up to float rounding)."""
+    from corpus.generate.hf_sampler import _prefill, prefill_plan
+
+    _, model, _ = tiny
+    prompts = list(record_prompts)
+    plan = prefill_plan(prompts)
+    assert [index for index, _, _ in plan] == sorted(range(3), key=prompts.__getitem__)
+    assert max(reused for _, _, reused in plan) > 15  # the record's questions share the record
+    with torch.inference_mode():
+        keys, values, logits = _prefill(model, prompts, None)
+        for index, prompt in enumerate(prompts):
+            alone = model(input_ids=torch.tensor([prompt]), use_cache=True)
+            torch.testing.assert_close(logits[index], alone.logits[0, -1], atol=1e-5, rtol=1e-5)
+            for layer, cached in enumerate(alone.past_key_values.layers):
+                torch.testing.assert_close(keys[index][layer], cached.keys[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(values[index][layer], cached.values[0], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_samples_match_a_full_recompute_reference(tiny, record_prompts):
+    _, model, tokenizer = tiny
+    jobs = [PromptJob(prompt, [21 + i, 31 + i]) for i, prompt in enumerate(record_prompts)]
+    outputs = sample_batch(model, tokenizer, jobs, SAMPLED)
+    stops = stop_token_ids(model, tokenizer)
+    for job, samples in zip(jobs, outputs):
+        assert [s.token_ids for s in samples] == [
+            reference_sample(model, job.prompt_ids, seed, SAMPLED, stops) for seed in job.seeds
+        ]
 
 
 def test_eos_stops_a_row_and_max_new_tokens_caps(tiny, prompts):

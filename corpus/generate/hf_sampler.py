@@ -83,6 +83,8 @@ __all__ = [
 ATTENTION_IMPLEMENTATION = "corpus_shared_prefix_sdpa"
 # Keyword argument through which a decode step hands its cache to the attention function.
 _CACHE_KWARG = "corpus_decode_cache"
+# Keyword argument through which a prefill hands the KV of a shared prompt prefix to it.
+_PREFIX_KWARG = "corpus_prompt_prefix"
 
 # Budget defaults: at most 64 samples advance together (decode throughput on a
 # 2-core CPU stops improving around there), holding at most 64 Ki prompt tokens
@@ -92,9 +94,6 @@ DEFAULT_MAX_ROWS = 64
 # A top-p nucleus is looked for among the 256, then 4,096 likeliest tokens, and only
 # then in the sorted vocabulary (sorting 49 K probabilities per row costs ~7 ms).
 _NUCLEUS_CANDIDATES = (256, 4096, 1 << 62)
-# One prefill forward takes at most this many tokens (bounds activation memory
-# when many equal-length prompts share a forward).
-_MAX_PREFILL_TOKENS = 16_384
 
 
 @dataclass(frozen=True)
@@ -142,6 +141,7 @@ class SamplerStats:
     prefill_forwards: int = 0
     decode_forwards: int = 0
     prompt_tokens: int = 0
+    prefill_computed_tokens: int = 0  # prompt tokens run through the model (the rest reused a shared prefix)
     new_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0  # model steps and sampling
@@ -206,15 +206,18 @@ def stop_token_ids(model, tokenizer) -> frozenset[int]:
 def plan_batches(
     jobs: Sequence[PromptJob], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_rows: int = DEFAULT_MAX_ROWS
 ) -> list[list[int]]:
-    """Job indexes grouped into batches: jobs sorted by (prompt length, index) and
-    packed greedily while a batch holds at most `max_rows` samples and at most
-    `max_batch_tokens` prompt tokens (its prompts' KV, each prompt counted once:
-    its k samples share it). A job over either bound alone gets a batch of its
-    own (a job's samples are never split). Jobs without seeds ride along at no
-    cost. A pure function of `jobs`: the same list always gives the same plan."""
+    """Job indexes grouped into batches: jobs sorted by their prompt tokens (so
+    prompts that share a prefix, such as the questions about one record, are
+    neighbours and land in one batch, where `_prefill` computes the shared part
+    once) and packed greedily while a batch holds at most `max_rows` samples and
+    at most `max_batch_tokens` prompt tokens (its prompts' KV, each prompt
+    counted once: its k samples share it). A job over either bound alone gets a
+    batch of its own (a job's samples are never split). Jobs without seeds ride
+    along at no cost. A pure function of `jobs`: the same list always gives the
+    same plan."""
     if max_batch_tokens < 1 or max_rows < 1:
         raise ValueError("max_batch_tokens and max_rows must be >= 1")
-    order = sorted(range(len(jobs)), key=lambda index: (len(jobs[index].prompt_ids), index))
+    order = sorted(range(len(jobs)), key=lambda index: (list(jobs[index].prompt_ids), index))
     batches: list[list[int]] = []
     current: list[int] = []
     tokens = rows = 0
@@ -387,7 +390,8 @@ class _DecodeCache(DynamicCache):
 
         total = torch.logaddexp(prompt_lse, own_lse)
         out = prompt_out * torch.exp(prompt_lse - total) + own_out * torch.exp(own_lse - total)
-        return out.reshape(rows, 1, heads, head_dim)
+        # The log-sum-exps are float32 whatever the model's dtype: return the model's.
+        return out.to(query.dtype).reshape(rows, 1, heads, head_dim)
 
 
 def _pad_stack(tensors: list):
@@ -417,7 +421,7 @@ def _pick(tensor, keep):
     return tensor if keep is None else tensor.index_select(0, keep)
 
 
-def _attend_with_lse(q, k, v, scale: float, mask=None):
+def _attend_with_lse(q, k, v, scale: float, mask=None, causal: bool = False):
     """softmax(q k^T * scale + mask) v and the log-sum-exp of each score row, for
     (batch, heads, queries, head_dim) tensors. On CPU, torch's fused flash
     kernel returns both (about twice as fast as the three-step version)."""
@@ -425,20 +429,52 @@ def _attend_with_lse(q, k, v, scale: float, mask=None):
         # The fused kernel reads rows as dense vectors: the last dimension must be unit-stride.
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, False, attn_mask=mask, scale=scale
+            q, k, v, 0.0, causal, attn_mask=mask, scale=scale
         )[:2]
         return out, lse.unsqueeze(-1)
-    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()
     if mask is not None:
         scores = scores + mask
+    if causal:  # queries and keys start at the same position
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    return torch.matmul(torch.exp(scores - lse), v), lse
+    return torch.matmul(torch.exp(scores - lse).to(v.dtype), v), lse
+
+
+def _attend_after_prefix(query, key, value, prefix_key, prefix_value, scaling: float):
+    """Attention of a prompt's new tokens (queries, and their own keys/values,
+    which start right after the prefix) over a prefix already in the KV and over
+    themselves: the rectangle over the prefix without a mask, the triangle over
+    themselves with the causal kernel, merged by log-sum-exp. Cheaper than one
+    masked call over prefix + new keys, which would compute every masked score."""
+    heads, kv_heads = query.shape[1], key.shape[1]
+    groups = heads // kv_heads
+    # The prefix part has no mask: the query heads of one KV head can be its query rows.
+    batch, _, length, head_dim = query.shape
+    grouped = query.reshape(batch, kv_heads, groups * length, head_dim)
+    prefix_out, prefix_lse = _attend_with_lse(grouped, prefix_key, prefix_value, scaling)
+    prefix_out = prefix_out.reshape(batch, heads, length, head_dim)
+    prefix_lse = prefix_lse.reshape(batch, heads, length, 1)
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    own_out, own_lse = _attend_with_lse(query, key, value, scaling, causal=True)
+    total = torch.logaddexp(prefix_lse, own_lse)
+    out = prefix_out * torch.exp(prefix_lse - total) + own_out * torch.exp(own_lse - total)
+    return out.to(query.dtype).transpose(1, 2).contiguous()  # (batch, length, heads, head_dim), as SDPA's
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """ATTENTION_IMPLEMENTATION: the engine's decode attention when a decode step
-    passes its cache, SDPA otherwise."""
+    passes its cache, its prefix-sharing prefill when a prefill passes the KV of
+    a shared prefix, SDPA otherwise."""
     cache = kwargs.pop(_CACHE_KWARG, None)
+    prefix = kwargs.pop(_PREFIX_KWARG, None)
+    if prefix is not None and attention_mask is None:
+        prefix_keys, prefix_values = prefix
+        return _attend_after_prefix(query, key, value, prefix_keys[module.layer_idx],
+                                    prefix_values[module.layer_idx], scaling), None
+    if prefix is not None:
+        raise RuntimeError("prefix-sharing prefill expects no attention mask (one unpadded prompt per call)")
     if cache is None or query.shape[2] != 1:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -502,33 +538,64 @@ def _draw_tokens(logits, generators: Sequence[torch.Generator], params: Sampling
 # --- one batch -------------------------------------------------------------------------
 
 
+def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
+    length = min(len(first), len(second))
+    for position in range(length):
+        if first[position] != second[position]:
+            return position
+    return length
+
+
+def prefill_plan(prompts: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+    """The order in which a batch's prompts are prefilled and what each reuses:
+    (prompt index, index of the prompt whose KV it starts from or -1, tokens
+    reused). Prompts go in token order, so each reuses the longest prefix it
+    shares with any prompt before it: its neighbour's. At least one token is
+    always computed (its logits start the samples). The tokens computed in all
+    are those of the prompts' prefix tree."""
+    order = sorted(range(len(prompts)), key=lambda index: (list(prompts[index]), index))
+    plan: list[tuple[int, int, int]] = []
+    previous = -1
+    for index in order:
+        reused = 0 if previous < 0 else min(_common_prefix(prompts[previous], prompts[index]), len(prompts[index]) - 1)
+        plan.append((index, previous if reused else -1, reused))
+        previous = index
+    return plan
+
+
 def _prefill(model, prompts: list[list[int]], stats: SamplerStats | None):
     """Each prompt's per-layer KV, shape (kv_heads, len, head_dim), and its last
-    logits. Prompts of equal length share a forward; no padding, no mask (so
-    SDPA runs its causal kernel)."""
-    order = sorted(range(len(prompts)), key=lambda index: (len(prompts[index]), index))
-    groups: list[list[int]] = []
-    for index in order:
-        length = len(prompts[index])
-        if groups and len(prompts[groups[-1][0]]) == length and (len(groups[-1]) + 1) * length <= _MAX_PREFILL_TOKENS:
-            groups[-1].append(index)
-        else:
-            groups.append([index])
-
+    logits. A prompt that shares a prefix with an earlier one (the same patient
+    context under another question; a patient's history up to an earlier visit)
+    computes only the tokens after it, attending to the prefix's KV
+    (`prefill_plan`). Questions about one record share most of their prompt, so
+    this removes most of the prefill work of a real question set."""
     keys: list[list | None] = [None] * len(prompts)
     values: list[list | None] = [None] * len(prompts)
     last_logits: list = [None] * len(prompts)
-    for group in groups:
-        input_ids = torch.tensor([prompts[index] for index in group], dtype=torch.long)
-        output = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-        cache = output.past_key_values
-        for row, index in enumerate(group):
-            keys[index] = [layer.keys[row] for layer in cache.layers]
-            values[index] = [layer.values[row] for layer in cache.layers]
-            last_logits[index] = output.logits[row, -1]
+    for index, source, reused in prefill_plan(prompts):
+        prompt = prompts[index]
+        input_ids = torch.tensor([prompt[reused:]], dtype=torch.long)
+        if reused:
+            prefix = ([k[:, :reused].unsqueeze(0) for k in keys[source]],
+                      [v[:, :reused].unsqueeze(0) for v in values[source]])
+            output = model(
+                input_ids=input_ids, position_ids=torch.arange(reused, len(prompt)).unsqueeze(0),
+                past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1,
+                **{_PREFIX_KWARG: prefix},
+            )
+            layers = output.past_key_values.layers
+            keys[index] = [torch.cat([p[0], layer.keys[0]], dim=-2) for p, layer in zip(prefix[0], layers)]
+            values[index] = [torch.cat([p[0], layer.values[0]], dim=-2) for p, layer in zip(prefix[1], layers)]
+        else:
+            output = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+            keys[index] = [layer.keys[0] for layer in output.past_key_values.layers]
+            values[index] = [layer.values[0] for layer in output.past_key_values.layers]
+        last_logits[index] = output.logits[0, -1]
         if stats is not None:
             stats.prefill_forwards += 1
-            stats.prompt_tokens += input_ids.numel()
+            stats.prompt_tokens += len(prompt)
+            stats.prefill_computed_tokens += input_ids.shape[1]
     return keys, values, torch.stack(last_logits)
 
 
@@ -554,6 +621,8 @@ def _decode_linears(model):
     patched = [
         module for module in model.modules()
         if type(module) is torch.nn.Linear and "forward" not in module.__dict__
+        # Measured for MKL's fp32 kernels only: in bf16 (oneDNN) F.linear is the faster layout.
+        and module.weight.dtype == torch.float32
     ]
     for module in patched:
         module.forward = types.MethodType(_weights_major_linear, module)
