@@ -88,7 +88,8 @@ def run_baseline(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=getattr(torch, args.baseline_dtype),
+                                                 attn_implementation="sdpa")
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(args.model))
     stops = stop_token_ids(model, tokenizer)
@@ -143,7 +144,7 @@ def run_engine(args) -> dict:
         sample_all,
     )
 
-    model, tokenizer = load_model(args.model, threads=args.threads or None)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, threads=args.threads or None)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     questions = load_questions(args.data, args.questions)
     jobs = [
@@ -250,6 +251,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--max-batch-tokens", type=int, default=65_536)
     parser.add_argument("--max-rows", type=int, default=64)
+    parser.add_argument("--dtype", default="bfloat16", help="engine dtype")
+    parser.add_argument("--baseline-dtype", default="bfloat16", help="plain loop dtype")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--worker", choices=["baseline", "engine"], help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -147,10 +147,11 @@ def masked_value_config(params: dict[str, Any]):
 
 @dataclass(frozen=True)
 class TransformersBackendConfig:
-    max_batch_tokens: int = 32768
-    max_rows: int = 64
+    max_batch_tokens: int = 65536
+    max_rows: int = 128
     threads: int | None = None
-    dtype: str = "float32"
+    # auto: bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX) or on a GPU, else float32.
+    dtype: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -333,3 +333,46 @@ def test_option_logprobs_equal_the_models_own_loss(tiny, prompts):
                           logprob_fn=lambda opts: option_logprobs(model, tokenizer, prompts[0], opts))
     assert parsed.parse_status == "logprob"
     assert parsed.predicted == options[max(range(3), key=scores.__getitem__)]
+
+
+# --- dtype -----------------------------------------------------------------------------
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_multiplies_it_natively():
+    from corpus.generate.hf_sampler import resolve_dtype
+
+    if torch.cuda.is_available():
+        pytest.skip("auto follows the GPU here")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_dtype("auto") == ("bfloat16" if native else "float32")
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("fp8")
+
+
+def test_the_generator_fingerprint_names_the_dtype_that_runs(tiny):
+    from corpus.errors import ConfigError
+    from corpus.generate.backends import SamplingConfig, TransformersGenerator
+    from corpus.generate.hf_sampler import ENGINE_REVISION, resolve_dtype
+
+    folder, _, _ = tiny
+    auto = TransformersGenerator(folder, SamplingConfig(), "template", dtype="auto", threads=1)
+    assert auto.fingerprint["dtype"] == resolve_dtype("auto") != "auto"
+    assert next(auto._model.parameters()).dtype == getattr(torch, resolve_dtype("auto"))
+    assert auto.fingerprint["engine"] == ENGINE_REVISION
+    fp32 = TransformersGenerator(folder, SamplingConfig(), "template", dtype="float32", threads=1)
+    if resolve_dtype("auto") != "float32":
+        assert fp32.fingerprint != auto.fingerprint  # bf16 samples never answer an fp32 request
+    with pytest.raises(ConfigError, match="sample.transformers.dtype"):
+        TransformersGenerator(folder, SamplingConfig(), "template", dtype="fp8")
+
+
+def test_bf16_sampling_with_shared_prefixes_is_reproducible(tiny, record_prompts):
+    from corpus.generate.hf_sampler import load_model
+
+    folder, _, _ = tiny
+    model, tokenizer = load_model(folder, dtype="bfloat16", threads=1)
+    jobs = [PromptJob(prompt, [3 + i, 40 + i]) for i, prompt in enumerate(record_prompts)]
+    first = sample_batch(model, tokenizer, jobs, SAMPLED)
+    assert first == sample_batch(model, tokenizer, jobs, SAMPLED)
+    assert all(len(samples) == 2 and all(s.num_new_tokens > 0 for s in samples) for samples in first)

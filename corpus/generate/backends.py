@@ -86,12 +86,18 @@ class TransformersGenerator(Generator):
     backend = "transformers"
 
     def __init__(self, model_path: Path, sampling: SamplingConfig, template_hash: str, *,
-                 max_batch_tokens: int = 32768, max_rows: int = 64, threads: int | None = None,
-                 dtype: str = "float32"):
+                 max_batch_tokens: int = 65536, max_rows: int = 128, threads: int | None = None,
+                 dtype: str = "auto"):
         from corpus.generate import hf_sampler
 
         super().__init__(str(model_path), sampling, template_hash, model_identity(model_path))
+        try:
+            dtype = hf_sampler.resolve_dtype(dtype)
+        except ValueError as error:
+            raise ConfigError(f"sample.transformers.dtype: {error}") from None
+        # The dtype that runs (not "auto"): bf16 and fp32 sample differently.
         self.fingerprint["dtype"] = dtype
+        self.fingerprint["engine"] = hf_sampler.ENGINE_REVISION
         self._engine = hf_sampler
         self._model, self._tokenizer = hf_sampler.load_model(model_path, dtype=dtype, threads=threads)
         self._params = hf_sampler.SamplingParams(
