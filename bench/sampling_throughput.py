@@ -1,27 +1,47 @@
 """Rationale-sampling throughput on this CPU: a plain `generate` loop against the
 project's sampler (corpus.generate.hf_sampler), in the same run.
 
-k samples (default 4) of up to 160 new tokens per real demo question, SmolLM2-135M-Instruct:
+k samples (default 4) of up to 160 new tokens per real demo train question, with
+the sample stage's own prompts (corpus/templates/prompts), SmolLM2-135M-Instruct:
 
 (a) plain loop: one question at a time, `model.generate(..., do_sample=True,
-    num_return_sequences=k)` (the prompt is copied k times and prefilled k times);
-(b) the engine: `sample_all` over the questions (each prompt prefilled once for
-    its k samples, batched decoding), first on the baseline's questions (same
-    work as (a)), then on all `--questions`.
+    num_return_sequences=k)` (the prompt is copied k times and prefilled k
+    times), once in float32 (what `from_pretrained` gives for this model folder)
+    and once in the engine's dtype when that differs (so the engine's own share
+    of the gain is visible);
+(b) the engine: `sample_all` over the question set (each prompt prefilled once
+    for its k samples, shared prompt prefixes prefilled once, batched decoding),
+    first on the plain loop's questions alone, then on the whole set.
 
-Each method runs in its own child process, so each peak RSS is its own. Generated
-tokens/s = generated tokens (up to and including the stop token) / wall seconds
-of the sampling itself (model loading excluded). The baseline may run on fewer
-questions than the engine (`--baseline-questions`): tokens/s is a rate, and (b)
-also reports the baseline's questions alone for a like-for-like ratio.
+The question set is whole patients, as the stage meets them: patients (MIMIC
+subjects and registry stays) in the order of a seeded hash, all their train
+questions, until `--questions` are reached (each source, MIMIC and the
+registry, to its share of the split's questions). A stage run over the train split
+sees every question about a patient, and those share most of their prompt (the
+same record under three tasks; a history that extends an earlier admission's),
+which the engine exploits; the report prints how much of the set's prompt
+tokens, and of the whole train split's, are such shared prefixes.
+`--select first` takes the first N questions by id instead (few shared
+prefixes: a lower bound for the engine).
 
-    .venv/bin/python bench/sampling_throughput.py                 # 16 questions, baseline on 4
-    .venv/bin/python bench/sampling_throughput.py --questions 4 --baseline-questions 2   # quick
+The plain loop is slow, so it runs `--baseline-questions` of the set (default
+4): the questions at the middle of each quarter of the set's prompt lengths, so
+that its rate reflects the set's lengths. Tokens/s are rates, so the ratio
+compares the loop's rate with the engine's on the whole set; the engine's rate
+on the loop's questions alone is printed too.
+
+Each method runs in its own child process, so each peak RSS is its own.
+Generated tokens/s = generated tokens (up to and including the stop token) /
+wall seconds of the sampling itself (model loading excluded).
+
+    .venv/bin/python bench/sampling_throughput.py                 # ~7 min
+    .venv/bin/python bench/sampling_throughput.py --questions 8 --baseline-questions 2 --max-new-tokens 32  # quick
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -36,27 +56,63 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_MODEL = Path("/tmp/smollm2-base")
 DEFAULT_QUESTIONS = REPO / "data" / "questions" / "train.parquet"
-SYSTEM_PROMPT = "You are a clinical reasoning assistant."
-INSTRUCTION = "Think step by step, then give the final answer as \\boxed{...}."
 
 
-def build_prompt(tokenizer, context: str, question: str) -> list[int]:
-    """Chat prompt token ids for one question (system + user turn, generation prompt open)."""
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": f"{context}\n\n{question}\n\n{INSTRUCTION}"},
-    ]
+def prompt_ids(tokenizer, question: dict) -> list[int]:
+    """The sample stage's chat prompt for a question, as token ids."""
+    from corpus.generate.prompts import question_messages, sampling_template
+
+    messages = question_messages(question, sampling_template())
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if hasattr(ids, "keys"):  # transformers 5 may return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
 
 
-def load_questions(path: Path, count: int) -> list[dict]:
+def select_questions(path: Path, count: int, how: str, seed: int) -> list[dict]:
+    """`count` questions: whole patients in seeded-hash order (`how` == "patients"),
+    or the first `count` by id (`how` == "first")."""
     import polars as pl
 
-    frame = pl.read_parquet(path, columns=["id", "context", "question"]).sort("id").head(count)
-    return frame.to_dicts()
+    frame = pl.read_parquet(path, columns=["id", "task", "subject_id", "context", "question", "options"]).sort("id")
+    if how == "first":
+        return frame.head(count).to_dicts()
+    by_patient: dict[tuple[str, int], list[dict]] = {}
+    for row in frame.to_dicts():
+        # The registry's stays and MIMIC's subjects are numbered apart: a patient is (source, id).
+        source = "registry" if row["task"] == "masked_value" else "mimic"
+        by_patient.setdefault((source, row["subject_id"]), []).append(row)
+    order = sorted(by_patient, key=lambda p: hashlib.sha256(f"{seed}:{p[0]}:{p[1]}".encode()).hexdigest())
+    # Each source gets its share of the split's questions (a registry stay has one
+    # question, a MIMIC patient several: picking patients alone would skew the mix).
+    share = {source: sum(len(q) for p, q in by_patient.items() if p[0] == source) / frame.height
+             for source in ("mimic", "registry")}
+    chosen: list[dict] = []
+    for source in ("mimic", "registry"):
+        taken = 0
+        for patient in (p for p in order if p[0] == source):
+            if taken >= round(count * share[source]):
+                break
+            chosen.extend(by_patient[patient])
+            taken += len(by_patient[patient])
+    return chosen
+
+
+def baseline_subset(lengths: list[int], count: int) -> list[int]:
+    """Indexes of `count` questions at the middle of each of `count` equal slices
+    of the set sorted by prompt length."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return sorted({order[min(len(order) - 1, int((slot + 0.5) * len(order) / count))] for slot in range(count)})
+
+
+def prefix_tree_tokens(prompts: list[list[int]]) -> int:
+    """Tokens of the prompts' prefix tree: what prefilling each shared prefix once computes."""
+    ordered = sorted(prompts)
+    total = len(ordered[0]) if ordered else 0
+    for before, prompt in zip(ordered, ordered[1:]):
+        shared = next((i for i, (a, b) in enumerate(zip(before, prompt)) if a != b), min(len(before), len(prompt)))
+        total += len(prompt) - shared
+    return total
 
 
 def ensure_model(path: Path) -> None:
@@ -77,6 +133,11 @@ def seed_of(question_index: int, sample_index: int) -> int:
     return question_index * 1000 + sample_index
 
 
+def _set_prompts(args, tokenizer) -> list[list[int]]:
+    questions = select_questions(args.data, args.questions, args.select, args.seed)
+    return [prompt_ids(tokenizer, q) for q in questions]
+
+
 # --- workers (each runs in its own process) ---------------------------------------------
 
 
@@ -88,18 +149,18 @@ def run_baseline(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=getattr(torch, args.baseline_dtype),
+    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=getattr(torch, args.worker_dtype),
                                                  attn_implementation="sdpa")
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(args.model))
     stops = stop_token_ids(model, tokenizer)
-    questions = load_questions(args.data, args.baseline_questions)
-    prompts = [build_prompt(tokenizer, q["context"], q["question"]) for q in questions]
+    prompts = _set_prompts(args, tokenizer)
+    subset = baseline_subset([len(p) for p in prompts], args.baseline_questions)
 
     new_tokens, per_question = 0, []
     started = time.perf_counter()
-    cpu_started = time.process_time()
-    for index, prompt in enumerate(prompts):
+    for index in subset:
+        prompt = prompts[index]
         torch.manual_seed(seed_of(index, 0))
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -123,11 +184,11 @@ def run_baseline(args) -> dict:
     seconds = time.perf_counter() - started
     return {
         "method": "plain generate loop",
-        "questions": len(prompts),
-        "prompt_tokens": sum(len(p) for p in prompts),
+        "dtype": args.worker_dtype,
+        "questions": len(subset),
+        "prompt_tokens": sum(len(prompts[i]) for i in subset),
         "new_tokens": new_tokens,
         "seconds": seconds,
-        "cpu_seconds": time.process_time() - cpu_started,
         "tokens_per_s": new_tokens / seconds,
         "per_question": per_question,
         "peak_rss_gb": peak_rss_gb(),
@@ -141,23 +202,22 @@ def run_engine(args) -> dict:
         SamplingParams,
         load_model,
         plan_batches,
+        resolve_dtype,
         sample_all,
     )
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, threads=args.threads or None)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    questions = load_questions(args.data, args.questions)
-    jobs = [
-        PromptJob(build_prompt(tokenizer, q["context"], q["question"]), [seed_of(i, k) for k in range(args.k)])
-        for i, q in enumerate(questions)
-    ]
+    prompts = _set_prompts(args, tokenizer)
+    jobs = [PromptJob(prompt, [seed_of(i, k) for k in range(args.k)]) for i, prompt in enumerate(prompts)]
+    subset = baseline_subset([len(p) for p in prompts], args.baseline_questions)
 
-    def measure(subset: list[PromptJob]) -> dict:
+    def measure(selected: list[PromptJob]) -> dict:
         stats = SamplerStats()
         finish: dict[str, int] = {}
-        started, cpu_started = time.perf_counter(), time.process_time()
+        started = time.perf_counter()
         for _, outputs in sample_all(
-            model, tokenizer, subset, params, max_batch_tokens=args.max_batch_tokens, max_rows=args.max_rows,
+            model, tokenizer, selected, params, max_batch_tokens=args.max_batch_tokens, max_rows=args.max_rows,
             stats=stats,
         ):
             for samples in outputs:
@@ -165,34 +225,47 @@ def run_engine(args) -> dict:
                     finish[sample.finish_reason] = finish.get(sample.finish_reason, 0) + 1
         seconds = time.perf_counter() - started
         return {
-            "questions": len(subset),
-            "batches": len(plan_batches(subset, args.max_batch_tokens, args.max_rows)),
+            "questions": len(selected),
+            "batches": len(plan_batches(selected, args.max_batch_tokens, args.max_rows)),
             "prompt_tokens": stats.prompt_tokens,
+            "prefill_computed_tokens": stats.prefill_computed_tokens,
             "new_tokens": stats.new_tokens,
             "seconds": seconds,
-            "cpu_seconds": time.process_time() - cpu_started,
             "tokens_per_s": stats.new_tokens / seconds,
             "prefill_seconds": stats.prefill_seconds,
             "decode_seconds": stats.decode_seconds,
-            "prefill_tokens_per_s": stats.prompt_tokens / stats.prefill_seconds,
+            "prefill_tokens_per_s": stats.prefill_computed_tokens / stats.prefill_seconds,
             "decode_tokens_per_s": stats.new_tokens / stats.decode_seconds,
-            "prefill_forwards": stats.prefill_forwards,
             "decode_forwards": stats.decode_forwards,
             "finish": finish,
         }
 
-    result = {"method": "engine", "prompt_lengths": [len(job.prompt_ids) for job in jobs]}
-    result["same_questions"] = measure(jobs[: args.baseline_questions])
+    result = {"method": "engine", "dtype": resolve_dtype(args.dtype), "prompt_lengths": [len(p) for p in prompts]}
+    result["same_questions"] = measure([jobs[i] for i in subset])
     result["all_questions"] = measure(jobs)
     result["peak_rss_gb"] = peak_rss_gb()
     return result
 
 
+def split_statistics(args) -> dict:
+    """Prompt tokens and prefix-tree tokens of the whole train split (how much a full stage run shares)."""
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(args.model))
+    questions = pl.read_parquet(args.data, columns=["id", "context", "question", "options"]).to_dicts()
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
+    return {"questions": len(prompts), "prompt_tokens": sum(map(len, prompts)),
+            "prefix_tree_tokens": prefix_tree_tokens(prompts)}
+
+
 # --- driver ----------------------------------------------------------------------------
 
 
-def child(args, worker: str) -> dict:
+def child(worker: str, dtype: str | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", worker, *sys.argv[1:]]
+    if dtype:
+        command += ["--worker-dtype", dtype]
     completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr)
@@ -200,81 +273,97 @@ def child(args, worker: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def report(args, baseline: dict, engine: dict) -> None:
+def report(args, baselines: list[dict], engine: dict, split: dict) -> None:
     import torch
 
     same, full = engine["same_questions"], engine["all_questions"]
     lengths = engine["prompt_lengths"]
     threads = args.threads or torch.get_num_threads()
-    print(f"model {args.model} (fp32, {threads} threads, {os.cpu_count()} CPUs), k={args.k}, "
+    print(f"model {args.model}, engine dtype {engine['dtype']} ({threads} threads, {os.cpu_count()} CPUs), k={args.k}, "
           f"max_new_tokens={args.max_new_tokens}, temperature={args.temperature}, top_p={args.top_p}")
     data = args.data.relative_to(REPO) if args.data.is_relative_to(REPO) else args.data
-    print(f"questions: first {len(lengths)} of {data}"
-          f" by id; prompt tokens median {statistics.median(lengths):.0f}, max {max(lengths)}, total {sum(lengths)}; "
-          f"the plain loop runs the first {baseline['questions']} of them")
+    how = "whole patients in seeded-hash order" if args.select == "patients" else "the first by id"
+    print(f"question set: {len(lengths)} questions of {data} ({how}); prompt tokens median "
+          f"{statistics.median(lengths):.0f}, mean {statistics.mean(lengths):.0f}, max {max(lengths)}, total "
+          f"{sum(lengths)}, of which {1 - full['prefill_computed_tokens'] / full['prompt_tokens']:.0%} are prefixes "
+          f"shared within a batch")
+    print(f"whole train split: {split['questions']} questions, prompt tokens mean "
+          f"{split['prompt_tokens'] / split['questions']:.0f}, {1 - split['prefix_tree_tokens'] / split['prompt_tokens']:.0%}"
+          f" of them shared prefixes (prefix tree {split['prefix_tree_tokens']} of {split['prompt_tokens']})")
     print()
-    print(f"(a) plain generate loop, {baseline['questions']} questions: {baseline['new_tokens']} new tokens in "
-          f"{baseline['seconds']:.1f} s = {baseline['tokens_per_s']:.1f} tokens/s  "
-          f"(peak RSS {baseline['peak_rss_gb']:.2f} GB)")
-    for name, run in (("same questions", same), ("all questions", full)):
-        print(f"(b) engine, {name} ({run['questions']}, {run['batches']} batch(es)): {run['new_tokens']} new tokens in "
-              f"{run['seconds']:.1f} s = {run['tokens_per_s']:.1f} tokens/s")
+    for base in baselines:
+        print(f"(a) plain generate loop, {base['dtype']}, {base['questions']} questions "
+              f"({base['prompt_tokens']} prompt tokens): {base['new_tokens']} new tokens in {base['seconds']:.1f} s = "
+              f"{base['tokens_per_s']:.1f} tokens/s  (peak RSS {base['peak_rss_gb']:.2f} GB)")
+    for name, run in (("the loop's questions", same), ("whole set", full)):
+        print(f"(b) engine, {engine['dtype']}, {name} ({run['questions']} questions, {run['batches']} batch(es)): "
+              f"{run['new_tokens']} new tokens in {run['seconds']:.1f} s = {run['tokens_per_s']:.1f} tokens/s")
         print(f"      prefill {run['prefill_seconds']:.1f} s ({run['prompt_tokens']} prompt tokens, "
-              f"{run['prefill_tokens_per_s']:.0f} tokens/s, {run['prefill_forwards']} forwards); decode "
-              f"{run['decode_seconds']:.1f} s ({run['decode_tokens_per_s']:.0f} tokens/s, "
+              f"{run['prefill_computed_tokens']} computed, {run['prefill_tokens_per_s']:.0f} computed tokens/s); "
+              f"decode {run['decode_seconds']:.1f} s ({run['decode_tokens_per_s']:.0f} tokens/s, "
               f"{run['decode_forwards']} steps); finish {run['finish']}")
     print(f"      engine peak RSS {engine['peak_rss_gb']:.2f} GB")
     print()
-    ratio_same = same["tokens_per_s"] / baseline["tokens_per_s"]
-    ratio_full = full["tokens_per_s"] / baseline["tokens_per_s"]
-    print(f"ratio (b)/(a): {ratio_same:.1f}x on the same {same['questions']} questions; "
-          f"{ratio_full:.1f}x with the engine on all {full['questions']}")
-    best = max(same["tokens_per_s"], full["tokens_per_s"])
-    print(f"targets: >= 8x the plain loop: {'met' if max(ratio_same, ratio_full) >= 8 else 'NOT met'}; "
-          f">= 150 generated tokens/s: {'met' if best >= 150 else 'NOT met'} ({best:.1f})")
+    rate = full["tokens_per_s"]
+    for base in baselines:
+        print(f"ratio (b) whole set / (a) {base['dtype']}: {rate / base['tokens_per_s']:.1f}x"
+              f"   (on the loop's questions alone: {same['tokens_per_s'] / base['tokens_per_s']:.1f}x)")
+    default = baselines[0]  # float32: the loop as `from_pretrained` gives it
+    print(f"targets: >= 8x the plain loop ({default['dtype']}): "
+          f"{'met' if rate >= 8 * default['tokens_per_s'] else 'NOT met'} ({rate / default['tokens_per_s']:.1f}x); "
+          f">= 150 generated tokens/s: {'met' if rate >= 150 else 'NOT met'} ({rate:.1f})")
     load = os.getloadavg()
     print(f"load average at the end (other processes share these CPUs): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"baseline": baseline, "engine": engine}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"baselines": baselines, "engine": engine, "split": split}, indent=2)
+                                   + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="HF model folder (converted if absent)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_QUESTIONS, help="questions parquet (context, question)")
-    parser.add_argument("--questions", type=int, default=16, help="engine: the first N questions by id")
-    parser.add_argument("--baseline-questions", type=int, default=4, help="plain loop: the first N of those")
+    parser.add_argument("--data", type=Path, default=DEFAULT_QUESTIONS, help="train questions parquet")
+    parser.add_argument("--questions", type=int, default=48, help="engine: at least this many questions")
+    parser.add_argument("--select", choices=["patients", "first"], default="patients",
+                        help="whole patients in seeded-hash order, or the first questions by id")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient order")
+    parser.add_argument("--baseline-questions", type=int, default=4, help="plain loop: this many of the set")
     parser.add_argument("--k", type=int, default=4, help="samples per question")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--dtype", default="auto", help="engine dtype: auto (bf16 where native), float32, bfloat16")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--max-batch-tokens", type=int, default=65_536)
-    parser.add_argument("--max-rows", type=int, default=64)
-    parser.add_argument("--dtype", default="bfloat16", help="engine dtype")
-    parser.add_argument("--baseline-dtype", default="bfloat16", help="plain loop dtype")
+    parser.add_argument("--max-rows", type=int, default=128)
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument("--worker", choices=["baseline", "engine"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["baseline", "engine", "split"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.baseline_questions = min(args.baseline_questions, args.questions)
 
     if not args.data.is_file():
         raise SystemExit(
             f"{args.data} not found: build the question sets first (`make repro`, or `dvc repro` in the repo root)"
         )
     if args.worker:
-        result = run_baseline(args) if args.worker == "baseline" else run_engine(args)
-        print(json.dumps(result))
+        workers = {"baseline": run_baseline, "engine": run_engine, "split": split_statistics}
+        print(json.dumps(workers[args.worker](args)))
         return
 
+    from corpus.generate.hf_sampler import resolve_dtype
+
     ensure_model(args.model)
+    engine_dtype = resolve_dtype(args.dtype)
     print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    print(f"running (a) the plain generate loop on {args.baseline_questions} questions ...", flush=True)
-    baseline = child(args, "baseline")
-    print(f"running (b) the engine on {args.baseline_questions}, then {args.questions} questions ...", flush=True)
-    engine = child(args, "engine")
+    baselines = []
+    for dtype in dict.fromkeys(["float32", engine_dtype]):
+        print(f"running (a) the plain generate loop in {dtype} on {args.baseline_questions} questions ...", flush=True)
+        baselines.append(child("baseline", dtype))
+    print(f"running (b) the engine in {engine_dtype} on those, then on the whole set ...", flush=True)
+    engine = child("engine")
+    split = child("split")
     print()
-    report(args, baseline, engine)
+    report(args, baselines, engine, split)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,9 @@ def test_different_seeds_give_different_samples(tiny, prompts):
 def record_prompts(tiny):
     """Two questions about one record (a shared prefix, different endings) and an unrelated prompt."""
     _, _, tokenizer = tiny
-    record = "Medications: 1. Heparin 2. Furosemide 3. Vancomycin 4. Insulin. Lactate rising."
+    record = ("Visit 0: Conditions: 1. Sepsis 2. Acute kidney failure 3. Hypertension. Procedures: 1. Dialysis. "
+              "Medications: 1. Heparin 2. Furosemide 3. Vancomycin 4. Insulin 5. Metoprolol. Lactate rising, "
+              "blood pressure falling despite fluids, heart rate above 110 bpm.")
     mortality = chat(tokenizer, f"{record} Will the patient die in hospital? Answer Yes or No.")
     stay = chat(tokenizer, f"{record} How long will the stay last? Choose one option.")
     other = chat(tokenizer, "The patient is stable, vitals are normal.")
@@ -186,8 +188,8 @@ def record_prompts(tiny):
 def test_k_samples_share_one_prefill_and_prompts_share_their_common_prefix(tiny, record_prompts):
     _, model, tokenizer = tiny
     mortality, stay, other = record_prompts
-    shared = next(i for i, (a, b) in enumerate(zip(mortality, stay)) if a != b)
-    assert 15 < shared < min(len(mortality), len(stay)) - 5
+    shared = common_prefix(mortality, stay)
+    assert 64 < shared < min(len(mortality), len(stay)) - 5
     calls: list[tuple[int, int]] = []
 
     def count(module, args, kwargs):
@@ -236,8 +238,28 @@ def test_shared_prefix_prefill_equals_a_full_prefill(tiny, record_prompts):
                 torch.testing.assert_close(values[index][layer], cached.values[0], atol=1e-5, rtol=1e-5)
 
 
+def test_prompt_families_group_neighbours_that_share_most_of_their_prompt():
+    from corpus.generate.hf_sampler import plan_families
+
+    record = list(range(100, 200))
+    later_visit = record + list(range(300, 340))  # the same history one admission later
+    prompts = [record + [1, 2], [5] * 90, later_visit + [1, 2], record + [3, 4, 5], record[:10] + [7] * 100]
+    # The record's questions and the later admission's question form one family holding the
+    # record once; the prompt sharing only 10 tokens and the unrelated one stay alone.
+    assert plan_families(prompts) == [([0, 3, 2], 100)]
+    # A prompt that is a prefix of another keeps one token of its own.
+    assert plan_families([record, record + [1] * 20]) == [([0, 1], 99)]
+    assert plan_families([record]) == [] and plan_families([]) == []
+
+
 def test_shared_prefix_samples_match_a_full_recompute_reference(tiny, record_prompts):
+    """Prefill after a shared prefix, and decoding with the family's prefix held once
+    (three attention parts merged), give the tokens of the full recompute."""
+    from corpus.generate.hf_sampler import plan_families
+
     _, model, tokenizer = tiny
+    (members, shared), = plan_families(list(record_prompts))  # the record's two questions, held once
+    assert sorted(members) == [0, 1] and shared > 64
     jobs = [PromptJob(prompt, [21 + i, 31 + i]) for i, prompt in enumerate(record_prompts)]
     outputs = sample_batch(model, tokenizer, jobs, SAMPLED)
     stops = stop_token_ids(model, tokenizer)
