@@ -244,9 +244,9 @@ def test_prompt_families_group_neighbours_that_share_most_of_their_prompt():
     record = list(range(100, 200))
     later_visit = record + list(range(300, 340))  # the same history one admission later
     prompts = [record + [1, 2], [5] * 90, later_visit + [1, 2], record + [3, 4, 5], record[:10] + [7] * 100]
-    # The record's questions and the later admission's question form one family holding the
-    # record once; the prompt sharing only 10 tokens and the unrelated one stay alone.
-    assert plan_families(prompts) == [([0, 3, 2], 100)]
+    # The record's questions form one family holding the record once; the later admission
+    # (shares 100 of its 142 tokens), the prompt sharing 10 and the unrelated one stay alone.
+    assert plan_families(prompts) == [([0, 3], 100)]
     # A prompt that is a prefix of another keeps one token of its own.
     assert plan_families([record, record + [1] * 20]) == [([0, 1], 99)]
     assert plan_families([record]) == [] and plan_families([]) == []

@@ -282,42 +282,39 @@ def plan_batches(
 
 # --- decode-time cache and attention ---------------------------------------------------
 
-# Prompts of different lengths share one padded attention call when the padding
-# adds at most this fraction of their tokens: each call has a fixed cost (~0.2 ms
-# on this CPU, times 30 layers, times every step), each padded key a small one.
-_BUCKET_PADDING = 0.25
+# Decode attention reads the prompts' KV in chunks (one call per layer for all
+# chunks of a level): the longest of these sizes that pads a level's segments by
+# at most _CHUNK_PADDING of their keys (the shortest otherwise). Long chunks
+# give the kernel long runs of keys; short ones keep short segments (the
+# questions' own tails after a family prefix) from carrying padding.
+_CHUNK_SIZES = (512, 256, 128, 64)
+_CHUNK_PADDING = 0.25
 
 
-def _plan_buckets(lengths: list[int]) -> list[list[int]]:
-    """Segments (indexes into `lengths`) grouped so that padding every segment of
-    a group to its longest adds at most _BUCKET_PADDING of the group's tokens;
-    groups are runs of the segments sorted by (length, index)."""
-    buckets: list[list[int]] = []
-    total = 0
-    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
-        length = lengths[index]
-        if buckets and (len(buckets[-1]) + 1) * length <= (1 + _BUCKET_PADDING) * (total + length):
-            buckets[-1].append(index)
-            total += length
-        else:
-            buckets.append([index])
-            total = length
-    return buckets
+def _chunk_size(lengths: list[int]) -> int:
+    real = sum(lengths)
+    for size in _CHUNK_SIZES:
+        if sum(-(-length // size) * size for length in lengths) <= (1 + _CHUNK_PADDING) * real:
+            return size
+    return _CHUNK_SIZES[-1]
 
 
 # Prompts that sort next to each other form a family when they share at least
-# this many tokens and at least this fraction of the shorter one: the three
-# task questions about one record, or a patient's admissions whose histories
-# extend one another. A family's common prefix is held once during decoding and
-# all its rows attend to it in one call.
+# this many tokens and at least this fraction of the longer one: the task
+# questions about one record. A family's common prefix is held once during
+# decoding and all its rows attend to it in one call. (A patient's later
+# admission extends an earlier one's history too, but a family is one level:
+# joining them would shrink the common prefix to the earliest history and leave
+# each job a long rest of its own, read at few query rows per key. Measured on
+# demo batches, families of near-identical prompts decode faster.)
 _FAMILY_MIN_SHARED = 64
-_FAMILY_MIN_FRACTION = 0.5
+_FAMILY_MIN_FRACTION = 0.8
 
 
 def plan_families(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], int]]:
     """(member indexes, shared prefix length) per family of two or more prompts:
     runs of the prompts in token order whose neighbours share at least
-    _FAMILY_MIN_SHARED tokens and _FAMILY_MIN_FRACTION of the shorter prompt.
+    _FAMILY_MIN_SHARED tokens and _FAMILY_MIN_FRACTION of the longer prompt.
     The prefix is what all members share, less at least one token of each (so
     every member keeps a non-empty part of its own)."""
     order = sorted(range(len(prompts)), key=lambda index: (list(prompts[index]), index))
@@ -328,7 +325,7 @@ def plan_families(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], int
         if index is not None:
             before, current = prompts[run[-1]], prompts[index]
             common = _common_prefix(before, current)
-        if index is not None and common >= max(_FAMILY_MIN_SHARED, _FAMILY_MIN_FRACTION * min(len(before), len(current))):
+        if index is not None and common >= max(_FAMILY_MIN_SHARED, _FAMILY_MIN_FRACTION * max(len(before), len(current))):
             shared = common if len(run) == 1 else min(shared, common)
             run.append(index)
             continue
@@ -340,24 +337,30 @@ def plan_families(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], int
 
 class _KVLevel:
     """One level of a decode batch's prompt KV: segments (a prompt, or the prefix
-    a family of prompts shares), each held once and padded into one tensor per
-    bucket of similar lengths, shape (segments, kv_heads, longest, head_dim), per
-    layer. ``row_segments`` gives the segment each row still in the batch
-    attends to at this level (-1: none). For the attention, each bucket's rows
-    are laid out as ``slots`` query slots per segment (empty slots are zero
-    queries whose output is dropped): ``_gather[b]`` picks the rows into bucket
-    b's slots, ``_slot_of_row`` finds each row's output (a row without a segment
-    gets a slot with no weight)."""
+    a family of prompts shares), each held once, cut into chunks of one size
+    (`_chunk_size`; the last one padded and masked) stacked into one tensor per
+    layer, shape (chunks, kv_heads, size, head_dim). One attention call per layer covers
+    every chunk (flash-decoding's split over keys): the calls have one shape
+    whatever the prompts' lengths, and long segments give the threads many
+    chunks to share rather than one long row each. ``row_segments`` gives the
+    segment each row still in the batch attends to (-1: none); each chunk's
+    query rows are its segment's rows, laid out in ``slots`` query slots per
+    chunk (empty slots are zero queries whose output is dropped), and each row's
+    partial results over its segment's chunks are merged by log-sum-exp."""
 
     def __init__(self, segment_keys: list[list], segment_values: list[list], row_segments: list[int]):
         lengths = [keys[0].shape[-2] for keys in segment_keys]
-        self.buckets = _plan_buckets(lengths)
-        self.masks = [_padding_mask(lengths, bucket, segment_keys[0][0]) for bucket in self.buckets]
+        size = _chunk_size(lengths)
+        self.chunk_segment = [segment for segment, length in enumerate(lengths) for _ in range(-(-length // size))]
+        starts = [chunk * size for length in lengths for chunk in range(-(-length // size))]
+        self.mask = None
+        if any(length % size for length in lengths):
+            self.mask = segment_keys[0][0].new_zeros((len(self.chunk_segment), 1, 1, size))
+            for chunk, (segment, start) in enumerate(zip(self.chunk_segment, starts)):
+                self.mask[chunk, ..., lengths[segment] - start :] = float("-inf")
         layers = range(len(segment_keys[0]))
-        self.keys = [[_pad_stack([segment_keys[s][layer] for s in bucket]) for bucket in self.buckets]
-                     for layer in layers]
-        self.values = [[_pad_stack([segment_values[s][layer] for s in bucket]) for bucket in self.buckets]
-                       for layer in layers]
+        self.keys = [_chunk_stack([keys[layer] for keys in segment_keys], lengths, size) for layer in layers]
+        self.values = [_chunk_stack([values[layer] for values in segment_values], lengths, size) for layer in layers]
         self.row_segments = list(row_segments)
         self._index_rows()
 
@@ -365,58 +368,74 @@ class _KVLevel:
         rows_of: dict[int, list[int]] = {}
         for row, segment in enumerate(self.row_segments):
             rows_of.setdefault(segment, []).append(row)
+        rows_of.pop(-1, None)
         dummy = len(self.row_segments)  # index of the zero query appended in attend()
-        self._gather, slot_of_row, offset = [], [-1] * len(self.row_segments), 0
-        for bucket in self.buckets:
-            slots = max(len(rows_of.get(segment, ())) for segment in bucket)
-            gather = [dummy] * (len(bucket) * slots)
-            for position, segment in enumerate(bucket):
-                for slot, row in enumerate(rows_of.get(segment, ())):
-                    gather[position * slots + slot] = row
-                    slot_of_row[row] = offset + position * slots + slot
-            self._gather.append(torch.tensor(gather, dtype=torch.long))
-            offset += len(gather)
-        # Rows without a segment read the weightless slot appended after the buckets' slots.
-        self._slot_of_row = torch.tensor([offset if slot < 0 else slot for slot in slot_of_row], dtype=torch.long)
+        self._slots = max((len(rows) for rows in rows_of.values()), default=1)
+        gather = [dummy] * (len(self.chunk_segment) * self._slots)
+        entries: list[list[int]] = [[] for _ in self.row_segments]
+        for chunk, segment in enumerate(self.chunk_segment):
+            for slot, row in enumerate(rows_of.get(segment, ())):
+                gather[chunk * self._slots + slot] = row
+                entries[row].append(chunk * self._slots + slot)
+        self._gather = torch.tensor(gather, dtype=torch.long)
+        # Each row's partial results, padded with the weightless entry appended after them.
+        weightless = len(gather)
+        width = max((len(e) for e in entries), default=1)
+        self._entries = torch.tensor([e + [weightless] * (width - len(e)) for e in entries], dtype=torch.long)
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (positions among the current rows, ascending); drop the
-        segments no kept row attends to."""
+        chunks of segments no kept row attends to."""
         self.row_segments = [self.row_segments[row] for row in rows]
         alive = set(self.row_segments)
-        buckets, masks, picks = [], [], []
-        for index, (bucket, mask) in enumerate(zip(self.buckets, self.masks)):
-            kept = [position for position, segment in enumerate(bucket) if segment in alive]
-            if kept:
-                buckets.append([bucket[position] for position in kept])
-                picks.append((index, None if len(kept) == len(bucket) else torch.tensor(kept, dtype=torch.long)))
-                masks.append(mask if mask is None or picks[-1][1] is None else mask.index_select(0, picks[-1][1]))
-        self.keys = [[_pick(keys[index], keep) for index, keep in picks] for keys in self.keys]
-        self.values = [[_pick(values[index], keep) for index, keep in picks] for values in self.values]
-        self.buckets, self.masks = buckets, masks
+        kept = [chunk for chunk, segment in enumerate(self.chunk_segment) if segment in alive]
+        if len(kept) < len(self.chunk_segment):
+            index = torch.tensor(kept, dtype=torch.long)
+            self.keys = [keys.index_select(0, index) for keys in self.keys]
+            self.values = [values.index_select(0, index) for values in self.values]
+            self.mask = None if self.mask is None else self.mask.index_select(0, index)
+            self.chunk_segment = [self.chunk_segment[chunk] for chunk in kept]
         self._index_rows()
 
     def attend(self, layer: int, q, scaling: float):
-        """(out, log-sum-exp) per row for queries q (rows, kv_heads, groups, head_dim):
-        each bucket is one multi-query attention call, a segment's rows being the
-        query rows of its KV (read once for all of them); grouped-query heads share
-        their KV head without copying it."""
+        """(out, log-sum-exp) per row for queries q (rows, kv_heads, groups, head_dim);
+        a row without a segment gets zeros and -inf. Grouped-query heads share
+        their KV head without copying it: they are its query rows."""
         rows, kv_heads, groups, head_dim = q.shape
+        chunks, slots = len(self.chunk_segment), self._slots
+        if chunks == 0:
+            return q.new_zeros(q.shape, dtype=torch.float32), q.new_full((rows, kv_heads, groups, 1), float("-inf"),
+                                                                         dtype=torch.float32)
         q = torch.cat([q, q.new_zeros(1, kv_heads, groups, head_dim)])  # the empty slots' query
-        outs, lses = [], []
-        for gather, keys, values, mask in zip(self._gather, self.keys[layer], self.values[layer], self.masks):
-            segments = keys.shape[0]
-            slots = gather.numel() // segments
-            bucket_q = q.index_select(0, gather).view(segments, slots, kv_heads, groups, head_dim)
-            bucket_q = bucket_q.transpose(1, 2).reshape(segments, kv_heads, slots * groups, head_dim)
-            out, lse = _attend_with_lse(bucket_q, keys, values, scaling, mask)
-            outs.append(out.reshape(segments, kv_heads, slots, groups, head_dim).transpose(1, 2)
-                        .reshape(segments * slots, kv_heads, groups, head_dim))
-            lses.append(lse.reshape(segments, kv_heads, slots, groups, 1).transpose(1, 2)
-                        .reshape(segments * slots, kv_heads, groups, 1))
-        outs.append(outs[0].new_zeros(1, kv_heads, groups, head_dim))
-        lses.append(lses[0].new_full((1, kv_heads, groups, 1), float("-inf")))
-        return torch.cat(outs).index_select(0, self._slot_of_row), torch.cat(lses).index_select(0, self._slot_of_row)
+        chunk_q = q.index_select(0, self._gather).view(chunks, slots, kv_heads, groups, head_dim)
+        chunk_q = chunk_q.transpose(1, 2).reshape(chunks, kv_heads, slots * groups, head_dim)
+        out, lse = _attend_with_lse(chunk_q, self.keys[layer], self.values[layer], scaling, self.mask)
+        out = out.reshape(chunks, kv_heads, slots, groups, head_dim).transpose(1, 2).reshape(
+            chunks * slots, kv_heads, groups, head_dim)
+        lse = lse.reshape(chunks, kv_heads, slots, groups, 1).transpose(1, 2).reshape(chunks * slots, kv_heads, groups, 1)
+        out = torch.cat([out, out.new_zeros(1, kv_heads, groups, head_dim)])
+        lse = torch.cat([lse, lse.new_full((1, kv_heads, groups, 1), float("-inf"))])
+        row_out = out[self._entries]  # (rows, entries, kv_heads, groups, head_dim)
+        row_lse = lse[self._entries]
+        total = torch.logsumexp(row_lse, dim=1)
+        # A row without a segment has only weightless entries: -inf - -inf is nan, its weight 0.
+        weights = torch.exp(row_lse - total.unsqueeze(1)).nan_to_num_(0.0)
+        return (row_out.float() * weights).sum(1), total
+
+
+def _chunk_stack(tensors: list, lengths: list[int], size: int):
+    """(kv_heads, len_i, head_dim) tensors -> (chunks, kv_heads, size, head_dim): each
+    tensor cut into chunks of `size` keys, its last chunk zero-padded (masked in attention)."""
+    kv_heads, _, head_dim = tensors[0].shape
+    chunks = sum(-(-length // size) for length in lengths)
+    out = tensors[0].new_zeros((chunks, kv_heads, size, head_dim))
+    chunk = 0
+    for tensor, length in zip(tensors, lengths):
+        for start in range(0, length, size):
+            width = min(size, length - start)
+            out[chunk, :, :width] = tensor[:, start : start + width]
+            chunk += 1
+    return out
 
 
 class _GeneratedLayer(DynamicLayer):
@@ -504,33 +523,6 @@ class _DecodeCache(DynamicCache):
         out = sum(part_out * torch.exp(lse - total) for part_out, lse in parts)
         # The log-sum-exps are float32 whatever the model's dtype: return the model's.
         return out.to(query.dtype).reshape(rows, 1, heads, head_dim)
-
-
-def _pad_stack(tensors: list):
-    """(kv_heads, len_i, head_dim) tensors -> (n, kv_heads, max len, head_dim), zero-padded at the end
-    (key order does not matter to attention: positions are already in the keys)."""
-    longest = max(t.shape[-2] for t in tensors)
-    if all(t.shape[-2] == longest for t in tensors):
-        return torch.stack(tensors)
-    out = tensors[0].new_zeros((len(tensors), tensors[0].shape[0], longest, tensors[0].shape[-1]))
-    for index, tensor in enumerate(tensors):
-        out[index, :, : tensor.shape[-2]] = tensor
-    return out
-
-
-def _padding_mask(lengths: list[int], bucket: list[int], like):
-    """Additive mask hiding a bucket's padded keys, (n, 1, 1, longest); None without padding."""
-    longest = max(lengths[job] for job in bucket)
-    if all(lengths[job] == longest for job in bucket):
-        return None
-    mask = like.new_zeros((len(bucket), 1, 1, longest))
-    for index, job in enumerate(bucket):
-        mask[index, ..., lengths[job] :] = float("-inf")
-    return mask
-
-
-def _pick(tensor, keep):
-    return tensor if keep is None else tensor.index_select(0, keep)
 
 
 def _attend_with_lse(q, k, v, scale: float, mask=None, causal: bool = False):
