@@ -382,6 +382,9 @@ def test_the_generator_fingerprint_names_the_dtype_that_runs(tiny):
     assert auto.fingerprint["dtype"] == resolve_dtype("auto") != "auto"
     assert next(auto._model.parameters()).dtype == getattr(torch, resolve_dtype("auto"))
     assert auto.fingerprint["engine"] == ENGINE_REVISION
+    # Another batch plan can change a sample's last bits: it is a different generator.
+    wider = TransformersGenerator(folder, SamplingConfig(), "template", dtype="auto", threads=1, max_rows=7)
+    assert wider.fingerprint["batching"]["max_rows"] == 7 and wider.fingerprint != auto.fingerprint
     fp32 = TransformersGenerator(folder, SamplingConfig(), "template", dtype="float32", threads=1)
     if resolve_dtype("auto") != "float32":
         assert fp32.fingerprint != auto.fingerprint  # bf16 samples never answer an fp32 request

@@ -98,6 +98,9 @@ class TransformersGenerator(Generator):
         # The dtype that runs (not "auto"): bf16 and fp32 sample differently.
         self.fingerprint["dtype"] = dtype
         self.fingerprint["engine"] = hf_sampler.ENGINE_REVISION
+        # The batch plan decides which prompts share a batch, and with them the last
+        # bits of every row's logits (bf16 especially): part of what decides a sample.
+        self.fingerprint["batching"] = {"max_rows": max_rows, "max_batch_tokens": max_batch_tokens}
         self._engine = hf_sampler
         self._model, self._tokenizer = hf_sampler.load_model(model_path, dtype=dtype, threads=threads)
         self._params = hf_sampler.SamplingParams(
