@@ -267,6 +267,23 @@ def test_shared_prefix_samples_match_a_full_recompute_reference(tiny, record_pro
         assert [s.token_ids for s in samples] == [
             reference_sample(model, job.prompt_ids, seed, SAMPLED, stops) for seed in job.seeds
         ]
+    # Again with an extra stop token drawn early by one family member's first sample:
+    # rows leave midway, the family keeps its prefix for the rows still attending to it,
+    # and the others go on unchanged.
+    member = members[0]
+    extra_stop = outputs[member][0].token_ids[2]
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra_stop]
+    try:
+        stopped = sample_batch(model, tokenizer, jobs, SAMPLED)
+        stops = stop_token_ids(model, tokenizer)
+        references = [[reference_sample(model, job.prompt_ids, seed, SAMPLED, stops) for seed in job.seeds]
+                      for job in jobs]
+    finally:
+        model.generation_config.eos_token_id = original
+    assert stopped[member][0].num_new_tokens <= 3
+    assert any(s.num_new_tokens > 3 for samples in stopped for s in samples)
+    assert [[s.token_ids for s in samples] for samples in stopped] == references
 
 
 def test_eos_stops_a_row_and_max_new_tokens_caps(tiny, prompts):
