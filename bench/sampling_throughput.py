@@ -106,13 +106,11 @@ def baseline_subset(lengths: list[int], count: int) -> list[int]:
 
 
 def prefix_tree_tokens(prompts: list[list[int]]) -> int:
-    """Tokens of the prompts' prefix tree: what prefilling each shared prefix once computes."""
-    ordered = sorted(prompts)
-    total = len(ordered[0]) if ordered else 0
-    for before, prompt in zip(ordered, ordered[1:]):
-        shared = next((i for i, (a, b) in enumerate(zip(before, prompt)) if a != b), min(len(before), len(prompt)))
-        total += len(prompt) - shared
-    return total
+    """Prompt tokens the engine computes when all `prompts` share one batch: each
+    shared prefix once (`prefill_plan`), i.e. the prompts' prefix tree."""
+    from corpus.generate.hf_sampler import prefill_plan
+
+    return sum(len(prompts[index]) - reused for index, _, reused in prefill_plan(prompts))
 
 
 def ensure_model(path: Path) -> None:

@@ -26,9 +26,9 @@ num_return_sequences=k)``:
   their tokens keeps the common prefix once, and all its rows attend to it in
   one call (more query rows per key: the attention kernel runs ~2x faster per
   query-key pair), each job's own rest and each row's generated tokens in
-  others. Buckets of similar-length segments (at most 25 % padding) share one
-  masked attention call per layer, because on this CPU a call's fixed cost
-  outweighs a few padded keys.
+  others. Each level's KV is cut into equal chunks, so one attention call per
+  layer covers it whatever the prompts' lengths (on this CPU a call's fixed
+  cost outweighs a few padded keys).
 * **bf16 where the CPU has it** (``resolve_dtype``): with AVX512-BF16 a bf16
   matrix multiply runs ~5x faster than fp32 here.
 * **Decoding uses its own loop** with a pre-allocated KV cache for the
@@ -317,16 +317,14 @@ def plan_families(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], int
     _FAMILY_MIN_SHARED tokens and _FAMILY_MIN_FRACTION of the longer prompt.
     The prefix is what all members share, less at least one token of each (so
     every member keeps a non-empty part of its own)."""
-    order = sorted(range(len(prompts)), key=lambda index: (list(prompts[index]), index))
     families: list[tuple[list[int], int]] = []
-    run, shared = [order[0]] if order else [], 0
-    for index in order[1:] + [None]:
-        common = 0
-        if index is not None:
-            before, current = prompts[run[-1]], prompts[index]
-            common = _common_prefix(before, current)
-        if index is not None and common >= max(_FAMILY_MIN_SHARED, _FAMILY_MIN_FRACTION * max(len(before), len(current))):
-            shared = common if len(run) == 1 else min(shared, common)
+    run: list[int] = []
+    shared = 0
+    # The prefill plan already has the prompts in token order and what each shares with its neighbour.
+    for index, _, reused in prefill_plan(prompts) + [(None, -1, 0)]:
+        if run and index is not None and reused >= max(
+                _FAMILY_MIN_SHARED, _FAMILY_MIN_FRACTION * max(len(prompts[run[-1]]), len(prompts[index]))):
+            shared = reused if len(run) == 1 else min(shared, reused)
             run.append(index)
             continue
         if len(run) > 1:
@@ -517,12 +515,19 @@ class _DecodeCache(DynamicCache):
         q = query.reshape(rows, kv_heads, heads // kv_heads, head_dim)
         parts = [_attend_with_lse(q, key, value, scaling)]
         parts += [level.attend(layer_idx, q, scaling) for level in self.levels]
-        total = parts[0][1]
-        for _, lse in parts[1:]:
-            total = torch.logaddexp(total, lse)
-        out = sum(part_out * torch.exp(lse - total) for part_out, lse in parts)
+        out, _ = _merge_by_lse(parts)
         # The log-sum-exps are float32 whatever the model's dtype: return the model's.
         return out.to(query.dtype).reshape(rows, 1, heads, head_dim)
+
+
+def _merge_by_lse(parts):
+    """Attention over several key sets at once from its parts over each: (out, lse)
+    pairs with the same query rows, weighted by their share of the total softmax
+    mass (the split-softmax identity flash-decoding uses). Returns (out, lse)."""
+    total = parts[0][1]
+    for _, lse in parts[1:]:
+        total = torch.logaddexp(total, lse)
+    return sum(out * torch.exp(lse - total) for out, lse in parts), total
 
 
 def _attend_with_lse(q, k, v, scale: float, mask=None, causal: bool = False):
@@ -561,9 +566,7 @@ def _attend_after_prefix(query, key, value, prefix_key, prefix_value, scaling: f
     prefix_lse = prefix_lse.reshape(batch, heads, length, 1)
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    own_out, own_lse = _attend_with_lse(query, key, value, scaling, causal=True)
-    total = torch.logaddexp(prefix_lse, own_lse)
-    out = prefix_out * torch.exp(prefix_lse - total) + own_out * torch.exp(own_lse - total)
+    out, _ = _merge_by_lse([(prefix_out, prefix_lse), _attend_with_lse(query, key, value, scaling, causal=True)])
     return out.to(query.dtype).transpose(1, 2).contiguous()  # (batch, length, heads, head_dim), as SDPA's
 
 
@@ -762,9 +765,7 @@ def sample_batch(
     _use_engine_attention(model)
     stop_ids = stop_token_ids(model, tokenizer)
     results: list[list[SampleOutput]] = [[] for _ in jobs]
-    # Jobs by prompt length, so that similar lengths share the decode attention's buckets.
-    live_jobs = sorted((index for index, job in enumerate(jobs) if job.seeds),
-                       key=lambda index: (len(jobs[index].prompt_ids), index))
+    live_jobs = [index for index, job in enumerate(jobs) if job.seeds]
     if not live_jobs:
         return results
     for index in live_jobs:
@@ -784,7 +785,7 @@ def sample_batch(
         prefilled = time.perf_counter()
         cache = _DecodeCache([jobs[i].prompt_ids for i in live_jobs], prompt_keys, prompt_values, row_job,
                              params.max_new_tokens)
-        del prompt_keys, prompt_values  # the cache holds its own (padded) copies: free the prefill's
+        del prompt_keys, prompt_values  # the cache holds its own (chunked) copies: free the prefill's
         first_logits = prompt_logits.index_select(0, torch.tensor(row_job))
         with _decode_linears(model):
             generated = _decode(model, cache, first_logits, prompt_len, generators, params, stop_ids, on_tokens, stats)
