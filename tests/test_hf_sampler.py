@@ -418,3 +418,64 @@ def test_bf16_sampling_with_shared_prefixes_is_reproducible(tiny, record_prompts
     first = sample_batch(model, tokenizer, jobs, SAMPLED)
     assert first == sample_batch(model, tokenizer, jobs, SAMPLED)
     assert all(len(samples) == 2 and all(s.num_new_tokens > 0 for s in samples) for samples in first)
+
+
+def reference_attention(q, k, v, visible):
+    """float64 softmax attention; `visible` (queries, keys) says which keys each query sees."""
+    scores = (q.double() @ k.double().transpose(-1, -2)).masked_fill(~visible, float("-inf"))
+    return torch.softmax(scores, -1) @ v.double(), torch.logsumexp(scores, -1, keepdim=True)
+
+
+def test_blocked_bf16_prefill_attention_matches_exact_causal_attention_over_the_prefix(monkeypatch):
+    from corpus.generate import hf_sampler
+
+    monkeypatch.setattr(hf_sampler, "_BLOCK_ROWS", 48)  # several blocks, a ragged last one
+    generator = torch.Generator().manual_seed(0)
+    prefix, new, heads, kv_heads, dim = 37, 130, 6, 2, 16
+    query = torch.randn(1, heads, new, dim, generator=generator).bfloat16()
+    key = torch.randn(1, kv_heads, prefix + new, dim, generator=generator).bfloat16()
+    value = torch.randn(1, kv_heads, prefix + new, dim, generator=generator).bfloat16()
+    out = hf_sampler._blocked_causal_attention(query, key, value, prefix, 0.25)
+    assert out.shape == (1, new, heads, dim)
+    # Query i (position prefix + i) sees every prefix key and the new keys up to its own.
+    visible = torch.arange(prefix + new).unsqueeze(0) <= prefix + torch.arange(new).unsqueeze(1)
+    groups = heads // kv_heads
+    expected, _ = reference_attention(query[0] * 0.25, key[0].repeat_interleave(groups, 0),
+                                      value[0].repeat_interleave(groups, 0), visible)
+    torch.testing.assert_close(out[0].transpose(0, 1).double(), expected, atol=3e-2, rtol=0)
+    # The check is sharp enough to see one future key leak in (each query seeing the next position's key).
+    leaky_visible = torch.arange(prefix + new).unsqueeze(0) <= prefix + 1 + torch.arange(new).unsqueeze(1)
+    leaky, _ = reference_attention(query[0] * 0.25, key[0].repeat_interleave(groups, 0),
+                                   value[0].repeat_interleave(groups, 0), leaky_visible)
+    assert (out[0].transpose(0, 1).double() - leaky).abs().max() > 0.1
+
+
+def test_bf16_decode_attention_returns_the_exact_output_and_log_sum_exp():
+    from corpus.generate.hf_sampler import _attend_with_lse
+
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(5, 2, 12, 16, generator=generator).bfloat16()
+    k = torch.randn(5, 2, 64, 16, generator=generator).bfloat16()
+    v = torch.randn(5, 2, 64, 16, generator=generator).bfloat16()
+    mask = torch.zeros(5, 1, 1, 64, dtype=torch.bfloat16)
+    mask[1, ..., 40:] = float("-inf")  # a padded chunk
+    out, lse = _attend_with_lse(q, k, v, 0.5, mask)
+    expected, expected_lse = reference_attention(q * 0.5, k, v, mask.isfinite().expand(5, 2, 12, 64))
+    torch.testing.assert_close(out.double(), expected, atol=3e-2, rtol=0)
+    # Within bf16's rounding of the largest score (its spacing is 2**-8 relative).
+    torch.testing.assert_close(lse.double(), expected_lse, atol=0, rtol=2**-8)
+
+
+def test_bf16_shared_prefix_prefill_is_close_to_a_full_bf16_prefill(tiny, record_prompts):
+    from corpus.generate.hf_sampler import _prefill
+
+    folder, _, _ = tiny
+    model, _ = load_model(folder, dtype="bfloat16", threads=1)
+    prompts = list(record_prompts)
+    with torch.inference_mode():
+        keys, _, logits = _prefill(model, prompts, None)
+        for index, prompt in enumerate(prompts):
+            alone = model(input_ids=torch.tensor([prompt]), use_cache=True)
+            torch.testing.assert_close(logits[index].float(), alone.logits[0, -1].float(), atol=0.02, rtol=0.02)
+            torch.testing.assert_close(keys[index][-1].float(), alone.past_key_values.layers[-1].keys[0].float(),
+                                       atol=0.02, rtol=0.02)
