@@ -20,7 +20,8 @@ num_return_sequences=k)``:
   a mask and to itself with the causal kernel, merged by log-sum-exp (one
   masked call would compute every masked score). On the demo's train split
   this skips 64 % of the prompt tokens. There is no padded prefill: on a CPU
-  one prompt already keeps the matrix units busy.
+  one prompt already keeps the matrix units busy. Each layer's KV (prefix
+  then new tokens) is assembled once, by the attention (``_PrefillContext``).
 * **Shared prefixes are held and read once while decoding**
   (``plan_families``, ``_DecodeCache``): a family of prompts sharing most of
   their tokens keeps the common prefix once, and all its rows attend to it in
@@ -30,7 +31,13 @@ num_return_sequences=k)``:
   layer covers it whatever the prompts' lengths (on this CPU a call's fixed
   cost outweighs a few padded keys).
 * **bf16 where the CPU has it** (``resolve_dtype``): with AVX512-BF16 a bf16
-  matrix multiply runs ~5x faster than fp32 here.
+  matrix multiply runs ~5x faster than fp32 here. In bf16 on a CPU, attention
+  is two matrix multiplies around a softmax (``_matmul_attention``) instead of
+  torch's CPU flash kernel, which reaches only ~110-160 GFLOP/s: prefill
+  attention runs in query blocks over the prefix and the block's own keys
+  (``_blocked_causal_attention``), decode attention per KV chunk, its
+  log-sum-exp read off the largest score. The scores are rounded to bf16 before
+  the softmax, as in transformers' eager bf16 attention.
 * **Decoding uses its own loop** with a pre-allocated KV cache for the
   generated tokens (``DynamicCache`` re-concatenates the whole cache at every
   step), stops rows at EOS and drops finished rows (and prompts whose rows are
