@@ -479,3 +479,26 @@ def test_bf16_shared_prefix_prefill_is_close_to_a_full_bf16_prefill(tiny, record
             torch.testing.assert_close(logits[index].float(), alone.logits[0, -1].float(), atol=0.02, rtol=0.02)
             torch.testing.assert_close(keys[index][-1].float(), alone.past_key_values.layers[-1].keys[0].float(),
                                        atol=0.02, rtol=0.02)
+
+
+def test_packed_bf16_linears_give_the_bits_of_f_linear_and_are_removed_after(tiny):
+    from corpus.generate import hf_sampler
+
+    folder, _, _ = tiny
+    model, _ = load_model(folder, dtype="bfloat16", threads=1)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    x = torch.randn(5, 7, linears[0].in_features).bfloat16()
+    with torch.inference_mode():
+        expected = linears[0](x)
+        with hf_sampler._packed_linears(model):
+            patched = [m for m in linears if "forward" in m.__dict__]
+            got = linears[0](x)
+        if not torch.backends.mkldnn.is_available():
+            pytest.skip("no oneDNN: nothing is packed")
+        assert patched == linears  # every bf16 linear runs packed inside the block
+        assert torch.equal(got, expected) and got.shape == (5, 7, linears[0].out_features)
+        assert all("forward" not in m.__dict__ for m in linears)  # restored
+        # float32 weights are never packed (oneDNN's fp32 path is not the one measured).
+        fp32, _ = load_model(folder, dtype="float32", threads=1)
+        with hf_sampler._packed_linears(fp32):
+            assert all("forward" not in m.__dict__ for m in fp32.modules() if type(m) is torch.nn.Linear)

@@ -37,7 +37,9 @@ num_return_sequences=k)``:
   attention runs in query blocks over the prefix and the block's own keys
   (``_blocked_causal_attention``), decode attention per KV chunk, its
   log-sum-exp read off the largest score. The scores are rounded to bf16 before
-  the softmax, as in transformers' eager bf16 attention.
+  the softmax, as in transformers' eager bf16 attention. bf16 linear layers
+  run on weights packed once for oneDNN (``_packed_linears``; same bits as
+  ``F.linear``, which repacks at every call).
 * **Decoding uses its own loop** with a pre-allocated KV cache for the
   generated tokens (``DynamicCache`` re-concatenates the whole cache at every
   step), stops rows at EOS and drops finished rows (and prompts whose rows are
@@ -829,6 +831,59 @@ def _decode_linears(model):
             del module.forward
 
 
+def _packed_linear(self, x):
+    """nn.Linear.forward through oneDNN with the weight packed once in its blocked
+    layout (`_packable`). F.linear on a bf16 CPU tensor repacks the weight at every
+    call; packed once, the same products (bitwise, checked when packing) run 1.1-1.4x
+    faster: measured on SmolLM2-shaped weights, 4.5 -> 3.3 ms at 4 rows, 8.0 -> 6.5 ms
+    at 32, for 60 weights of 576x1536."""
+    flat = x.reshape(-1, x.shape[-1])
+    flat = flat if flat.is_contiguous() else flat.contiguous()
+    out = torch.ops.mkldnn._linear_pointwise(flat, self._corpus_packed, self.bias, "none", [], "")
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+# The row count oneDNN packs weights for (any row count runs on the packed weight).
+_PACK_ROWS_HINT = 64
+
+
+def _packable(module) -> bool:
+    """A bf16 CPU nn.Linear whose weight oneDNN can pack, with a packed copy that
+    gives F.linear's bits (checked once per weight; kept on the module)."""
+    weight = module.weight
+    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    key = (weight.data_ptr(), weight._version)
+    if getattr(module, "_corpus_packed_key", None) == key:
+        return module._corpus_packed is not None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS_HINT)
+        probe = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+        same = torch.equal(torch.ops.mkldnn._linear_pointwise(probe, packed, module.bias, "none", [], ""),
+                           torch.nn.functional.linear(probe, weight, module.bias))
+    except (RuntimeError, AttributeError):
+        packed, same = None, False
+    module._corpus_packed_key, module._corpus_packed = key, packed if same else None
+    return same
+
+
+@contextmanager
+def _packed_linears(model):
+    """bf16 nn.Linear layers of `model` run on weights packed once (`_packed_linear`)
+    inside the block; restored on exit (the packed copies stay on the modules for
+    the next batch)."""
+    with torch.inference_mode():
+        patched = [module for module in model.modules()
+                   if type(module) is torch.nn.Linear and "forward" not in module.__dict__ and _packable(module)]
+    for module in patched:
+        module.forward = types.MethodType(_packed_linear, module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
 def _finish(token: int, produced: int, stop_ids: frozenset[int], max_new_tokens: int) -> str | None:
     if token in stop_ids:
         return "eos"
@@ -868,7 +923,7 @@ def sample_batch(
     prompt_len = [len(jobs[live_jobs[job]].prompt_ids) for job in row_job]
     generators = [torch.Generator().manual_seed(seed) for seed in row_seed]
 
-    with torch.inference_mode():
+    with torch.inference_mode(), _packed_linears(model):
         started = time.perf_counter()
         prompt_keys, prompt_values, prompt_logits = _prefill(model, [jobs[i].prompt_ids for i in live_jobs], stats)
         prefilled = time.perf_counter()
