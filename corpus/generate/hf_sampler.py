@@ -812,23 +812,26 @@ def _weights_major_linear(self, x):
 
 
 @contextmanager
-def _decode_linears(model):
-    """Plain nn.Linear layers of `model` use _weights_major_linear inside the
-    block (decode steps only: prefill rows are many, where the usual layout wins);
-    restored on exit."""
-    patched = [
-        module for module in model.modules()
-        if type(module) is torch.nn.Linear and "forward" not in module.__dict__
-        # Measured for MKL's fp32 kernels only: in bf16 (oneDNN) F.linear is the faster layout.
-        and module.weight.dtype == torch.float32
-    ]
+def _patched_linears(model, forward, wanted):
+    """Plain nn.Linear layers of `model` for which `wanted(module)` holds use
+    `forward` inside the block; restored on exit."""
+    with torch.inference_mode():
+        patched = [module for module in model.modules()
+                   if type(module) is torch.nn.Linear and "forward" not in module.__dict__ and wanted(module)]
     for module in patched:
-        module.forward = types.MethodType(_weights_major_linear, module)
+        module.forward = types.MethodType(forward, module)
     try:
         yield
     finally:
         for module in patched:
             del module.forward
+
+
+def _decode_linears(model):
+    """Plain nn.Linear layers of `model` use _weights_major_linear inside the
+    block (decode steps only: prefill rows are many, where the usual layout wins)."""
+    # Measured for MKL's fp32 kernels only: in bf16 (oneDNN) F.linear is the faster layout.
+    return _patched_linears(model, _weights_major_linear, lambda module: module.weight.dtype == torch.float32)
 
 
 def _packed_linear(self, x):
@@ -867,21 +870,10 @@ def _packable(module) -> bool:
     return same
 
 
-@contextmanager
 def _packed_linears(model):
     """bf16 nn.Linear layers of `model` run on weights packed once (`_packed_linear`)
-    inside the block; restored on exit (the packed copies stay on the modules for
-    the next batch)."""
-    with torch.inference_mode():
-        patched = [module for module in model.modules()
-                   if type(module) is torch.nn.Linear and "forward" not in module.__dict__ and _packable(module)]
-    for module in patched:
-        module.forward = types.MethodType(_packed_linear, module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward
+    inside the block (the packed copies stay on the modules for the next batch)."""
+    return _patched_linears(model, _packed_linear, _packable)
 
 
 def _finish(token: int, produced: int, stop_ids: frozenset[int], max_new_tokens: int) -> str | None:
