@@ -75,6 +75,21 @@ def reference_sample(model, prompt: list[int], seed: int, params: SamplingParams
 # --- planning --------------------------------------------------------------------------
 
 
+def sample_with_extra_stop(model, tokenizer, jobs, extra_stop):
+    """The batch sampled again with `extra_stop` as one more stop token, and the
+    full-recompute reference samples under the same stop tokens."""
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra_stop]
+    try:
+        stopped = sample_batch(model, tokenizer, jobs, SAMPLED)
+        stops = stop_token_ids(model, tokenizer)
+        references = [[reference_sample(model, job.prompt_ids, seed, SAMPLED, stops) for seed in job.seeds]
+                      for job in jobs]
+    finally:
+        model.generation_config.eos_token_id = original
+    return stopped, references
+
+
 def test_plan_batches_is_deterministic_and_respects_the_budget():
     lengths = [50, 10, 300, 10, 120, 80, 80, 5, 400, 60]
     jobs = [PromptJob([1] * n, list(range(4))) for n in lengths]
@@ -122,16 +137,7 @@ def test_samples_match_a_full_recompute_reference(tiny, prompts):
     outputs = sample_batch(model, tokenizer, jobs, SAMPLED)
     # Then with an extra stop token that ends the second prompt's only sample early, so
     # the batch drops that prompt's KV from its bucket midway while the others go on.
-    extra_stop = outputs[1][0].token_ids[3]
-    original = model.generation_config.eos_token_id
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra_stop]
-    try:
-        stopped = sample_batch(model, tokenizer, jobs, SAMPLED)
-        stops = stop_token_ids(model, tokenizer)
-        references = [[reference_sample(model, job.prompt_ids, seed, SAMPLED, stops) for seed in job.seeds]
-                      for job in jobs]
-    finally:
-        model.generation_config.eos_token_id = original
+    stopped, references = sample_with_extra_stop(model, tokenizer, jobs, outputs[1][0].token_ids[3])
     assert stopped[1][0].num_new_tokens <= 4 and stopped[1][0].finish_reason == "eos"
     assert any(sample.num_new_tokens > 4 for samples in stopped for sample in samples)
     for job, samples, expected in zip(jobs, stopped, references):
@@ -271,16 +277,7 @@ def test_shared_prefix_samples_match_a_full_recompute_reference(tiny, record_pro
     # rows leave midway, the family keeps its prefix for the rows still attending to it,
     # and the others go on unchanged.
     member = members[0]
-    extra_stop = outputs[member][0].token_ids[2]
-    original = model.generation_config.eos_token_id
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra_stop]
-    try:
-        stopped = sample_batch(model, tokenizer, jobs, SAMPLED)
-        stops = stop_token_ids(model, tokenizer)
-        references = [[reference_sample(model, job.prompt_ids, seed, SAMPLED, stops) for seed in job.seeds]
-                      for job in jobs]
-    finally:
-        model.generation_config.eos_token_id = original
+    stopped, references = sample_with_extra_stop(model, tokenizer, jobs, outputs[member][0].token_ids[2])
     assert stopped[member][0].num_new_tokens <= 3
     assert any(s.num_new_tokens > 3 for samples in stopped for s in samples)
     assert [[s.token_ids for s in samples] for samples in stopped] == references

@@ -74,6 +74,7 @@ everywhere else (training, ``generate``, ``option_logprobs``).
 
 from __future__ import annotations
 
+import functools
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -112,8 +113,8 @@ ATTENTION_IMPLEMENTATION = "corpus_shared_prefix_sdpa"
 ENGINE_REVISION = 3
 # Keyword argument through which a decode step hands its cache to the attention function.
 _CACHE_KWARG = "corpus_decode_cache"
-# Keyword argument through which a prefill hands the KV of a shared prompt prefix to it.
-_PREFIX_KWARG = "corpus_prompt_prefix"
+# Keyword argument through which a prefill hands it its `_PrefillContext`.
+_PREFILL_KWARG = "corpus_prefill"
 
 # Budget defaults: at most 128 samples advance together (a decode step has a
 # fixed cost of ~30 ms on a 2-core CPU whatever its rows; measured on demo
@@ -624,6 +625,13 @@ _BLOCK_SCORE_BYTES = 8 << 20
 _BLOCK_ROWS = 256
 
 
+@functools.lru_cache(maxsize=8)
+def _future_mask(block: int, groups: int):
+    """(block * groups, block): key j of a block is masked for row (i, group) when
+    j > i. Built once per shape, not per layer and prompt (only ever read)."""
+    return torch.ones(block, block, dtype=torch.bool).triu(1).repeat_interleave(groups, dim=0)
+
+
 def _blocked_causal_attention(query, key, value, prefix_length: int, scaling: float):
     """softmax(q k^T) v for a prompt's new tokens (query (1, heads, n, head_dim))
     over key/value (1, kv_heads, prefix_length + n, head_dim): every prefix key
@@ -639,8 +647,7 @@ def _blocked_causal_attention(query, key, value, prefix_length: int, scaling: fl
     q = (query[0] * scaling).view(kv_heads, groups, length, head_dim).transpose(1, 2).reshape(
         kv_heads, length * groups, head_dim)
     block = max(16, min(length, _BLOCK_ROWS, _BLOCK_SCORE_BYTES // (heads * keys.shape[-2] * query.element_size())))
-    # Key j of the block is masked for row (i, group) when j > i.
-    future = torch.ones(block, block, dtype=torch.bool).triu(1).repeat_interleave(groups, dim=0)
+    future = _future_mask(block, groups)
     out = torch.empty_like(q)
     for start in range(0, length, block):
         end = min(length, start + block)
@@ -657,7 +664,7 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     passes its cache, its prefix-sharing prefill when a prefill passes a
     `_PrefillContext`, SDPA otherwise."""
     cache = kwargs.pop(_CACHE_KWARG, None)
-    context = kwargs.pop(_PREFIX_KWARG, None)
+    context = kwargs.pop(_PREFILL_KWARG, None)
     if context is not None:
         if attention_mask is not None or query.shape[0] != 1:
             raise RuntimeError("the engine's prefill expects one unpadded prompt per call (no attention mask)")
@@ -751,7 +758,7 @@ def prefill_plan(prompts: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]
 
 
 class _PrefillContext:
-    """What a prefill forward hands its attention (through _PREFIX_KWARG): the
+    """What a prefill forward hands its attention (through _PREFILL_KWARG): the
     per-layer KV, shape (1, kv_heads, len, head_dim), of the prefix it reuses
     (None: nothing reused); the attention leaves each layer's whole KV (prefix
     then new tokens, shape (kv_heads, len, head_dim)) in ``keys_out`` and
@@ -785,7 +792,7 @@ def _prefill(model, prompts: list[list[int]], stats: SamplerStats | None):
         output = model(
             input_ids=input_ids, position_ids=torch.arange(reused, len(prompt)).unsqueeze(0),
             past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1,
-            **{_PREFIX_KWARG: context},
+            **{_PREFILL_KWARG: context},
         )
         keys[index] = [context.keys_out[layer] for layer in layers]
         values[index] = [context.values_out[layer] for layer in layers]
