@@ -461,6 +461,58 @@ def test_bf16_decode_attention_returns_the_exact_output_and_log_sum_exp():
     torch.testing.assert_close(out.double(), expected, atol=3e-2, rtol=0)
     # Within bf16's rounding of the largest score (its spacing is 2**-8 relative).
     torch.testing.assert_close(lse.double(), expected_lse, atol=0, rtol=2**-8)
+    # The log-sum-exp is read off the first probability; one that bf16 cannot hold (here a
+    # masked first key) sends the call to the largest one, which is as exact.
+    mask[3, ..., :1] = float("-inf")
+    out, lse = _attend_with_lse(q, k, v, 0.5, mask)
+    expected, expected_lse = reference_attention(q * 0.5, k, v, mask.isfinite().expand(5, 2, 12, 64))
+    torch.testing.assert_close(out.double(), expected, atol=3e-2, rtol=0)
+    torch.testing.assert_close(lse.double(), expected_lse, atol=0, rtol=2**-8)
+
+
+def test_decode_level_attention_with_uneven_rows_per_segment_is_exact():
+    from corpus.generate.hf_sampler import _KVLevel
+
+    generator = torch.Generator().manual_seed(2)
+    lengths, kv_heads, groups, dim = [40, 3000, 2000, 900], 2, 3, 16
+    keys = [[torch.randn(kv_heads, length, dim, generator=generator).bfloat16()] for length in lengths]
+    values = [[torch.randn(kv_heads, length, dim, generator=generator).bfloat16()] for length in lengths]
+    # Segment 2 busy, the others nearly idle, one row attending to nothing: worth several calls.
+    row_segments = [0, 2, 2, 2, 2, 2, 2, 2, 2, -1, 1, 3, 2]
+    level = _KVLevel(keys, values, row_segments)
+    assert len(level._ranges) > 1
+    q = torch.randn(len(row_segments), kv_heads, groups, dim, generator=generator).bfloat16()
+    out, lse = level.attend(0, q, 0.25)
+    for row, segment in enumerate(row_segments):
+        if segment < 0:
+            assert torch.all(out[row] == 0) and torch.all(lse[row] == float("-inf"))
+            continue
+        visible = torch.ones(groups, lengths[segment], dtype=torch.bool)
+        expected, expected_lse = reference_attention(q[row] * 0.25, keys[segment][0], values[segment][0], visible)
+        torch.testing.assert_close(out[row].double(), expected, atol=3e-2, rtol=0)
+        torch.testing.assert_close(lse[row].double(), expected_lse, atol=0, rtol=2**-8)
+    # Retiring the busy segment's rows leaves one call for what is left, still exact.
+    kept = [0, 10, 11, 12]
+    level.keep(kept)
+    out, _ = level.attend(0, q[kept], 0.25)
+    for position, row in enumerate(kept):
+        segment = row_segments[row]
+        visible = torch.ones(groups, lengths[segment], dtype=torch.bool)
+        expected, _ = reference_attention(q[row] * 0.25, keys[segment][0], values[segment][0], visible)
+        torch.testing.assert_close(out[position].double(), expected, atol=3e-2, rtol=0)
+
+
+def test_slot_ranges_split_only_where_padding_costs_more_than_a_call():
+    from corpus.generate.hf_sampler import _RANGE_CALL_COST, _slot_ranges
+
+    # Even rows: one call. A long busy segment beside long idle ones: its own call.
+    assert _slot_ranges([4, 4, 4], [3, 3, 2], 512) == [(0, 3)]
+    assert _slot_ranges([2, 11, 9], [12, 1, 1], 512) == [(0, 1), (1, 3)]
+    # A split that saves less than a call's cost is not made.
+    small = _RANGE_CALL_COST // (2 * 64)
+    assert _slot_ranges([1, 1], [small, 1], 64) == [(0, 2)]
+    ranges = _slot_ranges([3, 1, 5, 2, 8], [1, 9, 2, 9, 1], 512)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 5 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
 
 
 def test_bf16_shared_prefix_prefill_is_close_to_a_full_bf16_prefill(tiny, record_prompts):
