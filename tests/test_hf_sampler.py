@@ -491,8 +491,9 @@ def test_decode_level_attention_with_uneven_rows_per_segment_is_exact():
         expected, expected_lse = reference_attention(q[row] * 0.25, keys[segment][0], values[segment][0], visible)
         torch.testing.assert_close(out[row].double(), expected, atol=3e-2, rtol=0)
         torch.testing.assert_close(lse[row].double(), expected_lse, atol=0, rtol=2**-8)
-    # Retiring the busy segment's rows leaves one call for what is left, still exact.
-    kept = [0, 10, 11, 12]
+    # Retiring the busy segment's rows leaves one call for what is left, still exact
+    # (the retired segment's short run is cheaper to pad across than to split around).
+    kept = [0, 10, 11]
     level.keep(kept)
     out, _ = level.attend(0, q[kept], 0.25)
     for position, row in enumerate(kept):
@@ -500,6 +501,7 @@ def test_decode_level_attention_with_uneven_rows_per_segment_is_exact():
         visible = torch.ones(groups, lengths[segment], dtype=torch.bool)
         expected, _ = reference_attention(q[row] * 0.25, keys[segment][0], values[segment][0], visible)
         torch.testing.assert_close(out[position].double(), expected, atol=3e-2, rtol=0)
+    assert [slots for _, _, slots, _ in level._ranges] == [1]  # no longer padded to the retired rows
 
 
 def test_slot_ranges_split_only_where_padding_costs_more_than_a_call():
@@ -511,6 +513,10 @@ def test_slot_ranges_split_only_where_padding_costs_more_than_a_call():
     # A split that saves less than a call's cost is not made.
     small = _RANGE_CALL_COST // (2 * 64)
     assert _slot_ranges([1, 1], [small, 1], 64) == [(0, 2)]
+    # Segments without rows are skipped, unless spanning a short one is cheaper than a call.
+    assert _slot_ranges([2, 30, 2], [4, 0, 4], 512) == [(0, 1), (2, 3)]
+    assert _slot_ranges([2, 1, 2], [4, 0, 4], 512) == [(0, 3)]
+    assert _slot_ranges([5, 5], [0, 0], 512) == []
     ranges = _slot_ranges([3, 1, 5, 2, 8], [1, 9, 2, 9, 1], 512)
     assert ranges[0][0] == 0 and ranges[-1][1] == 5 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
 

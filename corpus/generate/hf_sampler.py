@@ -407,17 +407,10 @@ class _KVLevel:
         self._entries = torch.tensor([e + [weightless] * (width - len(e)) for e in entries], dtype=torch.long)
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (positions among the current rows, ascending); drop the
-        chunks of segments no kept row attends to."""
+        """Keep only `rows` (positions among the current rows, ascending). The
+        chunks of segments no kept row attends to stay where they are, left out
+        of every call (`_slot_ranges`): dropping them would copy the level's KV."""
         self.row_segments = [self.row_segments[row] for row in rows]
-        alive = set(self.row_segments)
-        kept = [chunk for chunk, segment in enumerate(self.chunk_segment) if segment in alive]
-        if len(kept) < len(self.chunk_segment):
-            index = torch.tensor(kept, dtype=torch.long)
-            self.keys = [keys.index_select(0, index) for keys in self.keys]
-            self.values = [values.index_select(0, index) for values in self.values]
-            self.mask = None if self.mask is None else self.mask.index_select(0, index)
-            self.chunk_segment = [self.chunk_segment[chunk] for chunk in kept]
         self._index_rows()
 
     def attend(self, layer: int, q, scaling: float):
@@ -425,7 +418,7 @@ class _KVLevel:
         a row without a segment gets zeros and -inf. Grouped-query heads share
         their KV head without copying it: they are its query rows."""
         rows, kv_heads, groups, head_dim = q.shape
-        if not self.chunk_segment:
+        if not self._ranges:
             return q.new_zeros(q.shape, dtype=torch.float32), q.new_full((rows, kv_heads, groups, 1), float("-inf"),
                                                                          dtype=torch.float32)
         q = torch.cat([q, q.new_zeros(1, kv_heads, groups, head_dim)])  # the empty slots' query
@@ -460,13 +453,16 @@ def _slot_ranges(run_chunks: list[int], run_rows: list[int], size: int) -> list[
     """Consecutive runs (a segment's chunks and its live rows) split into ranges
     [first, end), one attention call each, whose query slots are the busiest
     run's rows: the split that minimises the padded score entries computed
-    plus _RANGE_CALL_COST per call. One call for all would pad every chunk to the
+    plus _RANGE_CALL_COST per call. Runs without rows are left out (their keys
+    stay in place, unread). One call for all would pad every chunk to the
     busiest segment's rows (measured on demo batches: 40 % of the entries wasted
     once rows retire unevenly)."""
     count = len(run_chunks)
     best = [0] + [float("inf")] * count  # cost of the first j runs
-    cut = [0] * (count + 1)
+    cut: list[int | None] = [0] * (count + 1)  # None: run j-1 is skipped
     for end in range(1, count + 1):
+        if run_rows[end - 1] == 0:  # no row attends to it: no call needs it
+            best[end], cut[end] = best[end - 1], None
         chunks = slots = 0
         for first in range(end - 1, -1, -1):
             chunks += run_chunks[first]
@@ -477,6 +473,9 @@ def _slot_ranges(run_chunks: list[int], run_rows: list[int], size: int) -> list[
     ranges = []
     end = count
     while end > 0:
+        if cut[end] is None:
+            end -= 1
+            continue
         ranges.append((cut[end], end))
         end = cut[end]
     return ranges[::-1]
