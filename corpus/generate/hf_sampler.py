@@ -447,13 +447,17 @@ class _KVLevel:
 # What one more attention call costs, in score entries (chunk keys x query slots):
 # about 100 us of fixed work here, against ~9 ns per entry (all heads, both products).
 _RANGE_CALL_COST = 12_000
+# What reading one key (and its value) costs, in the same entries: at few query rows
+# the products are bound by reading the KV (~25 ns per key and layer from memory,
+# measured here), so a chunk costs its keys x (slots + this), padded rows or not.
+_KEY_READ_COST = 3
 
 
 def _slot_ranges(run_chunks: list[int], run_rows: list[int], size: int) -> list[tuple[int, int]]:
     """Consecutive runs (a segment's chunks and its live rows) split into ranges
     [first, end), one attention call each, whose query slots are the busiest
     run's rows: the split that minimises the padded score entries computed
-    plus _RANGE_CALL_COST per call. Runs without rows are left out (their keys
+    and the keys read (_KEY_READ_COST each) plus _RANGE_CALL_COST per call. Runs without rows are left out (their keys
     stay in place, unread). One call for all would pad every chunk to the
     busiest segment's rows (measured on demo batches: 40 % of the entries wasted
     once rows retire unevenly)."""
@@ -467,7 +471,7 @@ def _slot_ranges(run_chunks: list[int], run_rows: list[int], size: int) -> list[
         for first in range(end - 1, -1, -1):
             chunks += run_chunks[first]
             slots = max(slots, run_rows[first])
-            cost = best[first] + chunks * max(slots, 1) * size + _RANGE_CALL_COST
+            cost = best[first] + chunks * (max(slots, 1) + _KEY_READ_COST) * size + _RANGE_CALL_COST
             if cost < best[end]:
                 best[end], cut[end] = cost, first
     ranges = []
