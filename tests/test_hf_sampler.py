@@ -244,28 +244,39 @@ def test_shared_prefix_prefill_equals_a_full_prefill(tiny, record_prompts):
                 torch.testing.assert_close(values[index][layer], cached.values[0], atol=1e-5, rtol=1e-5)
 
 
-def test_prompt_families_group_neighbours_that_share_most_of_their_prompt():
-    from corpus.generate.hf_sampler import plan_families
+def test_prompt_segments_are_the_prefix_tree_of_the_batch():
+    from corpus.generate.hf_sampler import plan_segments
 
     record = list(range(100, 200))
-    later_visit = record + list(range(300, 340))  # the same history one admission later
-    prompts = [record + [1, 2], [5] * 90, later_visit + [1, 2], record + [3, 4, 5], record[:10] + [7] * 100]
-    # The record's questions form one family holding the record once; the later admission
-    # (shares 100 of its 142 tokens), the prompt sharing 10 and the unrelated one stay alone.
-    assert plan_families(prompts) == [([0, 3], 100)]
+    later_visit = record + list(range(300, 400))  # the same history one admission later
+    prompts = [record + [1, 2], [5] * 90, later_visit + [1, 2], record + [3, 4, 5], record[:10] + [7] * 100,
+               later_visit + [3, 4]]
+    segments = plan_segments(prompts)  # in token order
+    # The record is held once for the three prompts that start with it, and the later
+    # admission's extra history once for its two questions; the prompt sharing only 10
+    # tokens (under the minimum) and the unrelated one are held whole.
+    assert segments == [([1], 0, 90), ([4], 0, 110), ([0, 3, 2, 5], 0, 100), ([0], 100, 102), ([3], 100, 103),
+                         ([2, 5], 100, 200), ([2], 200, 202), ([5], 200, 202)]
+    # Every prompt is covered exactly once, in order.
+    for index, prompt in enumerate(prompts):
+        spans = sorted((start, end) for members, start, end in segments if index in members)
+        assert spans[0][0] == 0 and spans[-1][1] == len(prompt)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     # A prompt that is a prefix of another keeps one token of its own.
-    assert plan_families([record, record + [1] * 20]) == [([0, 1], 99)]
-    assert plan_families([record]) == [] and plan_families([]) == []
+    assert plan_segments([record, record + [1] * 20]) == [([0, 1], 0, 99), ([0], 99, 100), ([1], 99, 120)]
+    assert plan_segments([record]) == [([0], 0, 100)] and plan_segments([]) == []
 
 
 def test_shared_prefix_samples_match_a_full_recompute_reference(tiny, record_prompts):
-    """Prefill after a shared prefix, and decoding with the family's prefix held once
-    (three attention parts merged), give the tokens of the full recompute."""
-    from corpus.generate.hf_sampler import plan_families
+    """Prefill after a shared prefix, and decoding with the shared record held once
+    (attention parts merged), give the tokens of the full recompute."""
+    from corpus.generate.hf_sampler import plan_segments
 
     _, model, tokenizer = tiny
-    (members, shared), = plan_families(list(record_prompts))  # the record's two questions, held once
-    assert sorted(members) == [0, 1] and shared > 64
+    held_once = [(members, start, end) for members, start, end in plan_segments(list(record_prompts))
+                 if len(members) > 1]
+    assert [sorted(members) for members, _, _ in held_once] == [[0, 1]]  # the record's two questions
+    assert held_once[0][2] - held_once[0][1] > 64
     jobs = [PromptJob(prompt, [21 + i, 31 + i]) for i, prompt in enumerate(record_prompts)]
     outputs = sample_batch(model, tokenizer, jobs, SAMPLED)
     stops = stop_token_ids(model, tokenizer)
@@ -273,10 +284,10 @@ def test_shared_prefix_samples_match_a_full_recompute_reference(tiny, record_pro
         assert [s.token_ids for s in samples] == [
             reference_sample(model, job.prompt_ids, seed, SAMPLED, stops) for seed in job.seeds
         ]
-    # Again with an extra stop token drawn early by one family member's first sample:
-    # rows leave midway, the family keeps its prefix for the rows still attending to it,
-    # and the others go on unchanged.
-    member = members[0]
+    # Again with an extra stop token drawn early by the first sample of one of the questions:
+    # rows leave midway, the shared record stays for the rows still attending to it, and
+    # the others go on unchanged.
+    member = held_once[0][0][0]
     stopped, references = sample_with_extra_stop(model, tokenizer, jobs, outputs[member][0].token_ids[2])
     assert stopped[member][0].num_new_tokens <= 3
     assert any(s.num_new_tokens > 3 for samples in stopped for s in samples)
@@ -470,38 +481,40 @@ def test_bf16_decode_attention_returns_the_exact_output_and_log_sum_exp():
     torch.testing.assert_close(lse.double(), expected_lse, atol=0, rtol=2**-8)
 
 
-def test_decode_level_attention_with_uneven_rows_per_segment_is_exact():
+def test_decode_level_attention_over_several_segments_per_row_is_exact():
     from corpus.generate.hf_sampler import _KVLevel
 
     generator = torch.Generator().manual_seed(2)
     lengths, kv_heads, groups, dim = [40, 3000, 2000, 900], 2, 3, 16
     keys = [[torch.randn(kv_heads, length, dim, generator=generator).bfloat16()] for length in lengths]
     values = [[torch.randn(kv_heads, length, dim, generator=generator).bfloat16()] for length in lengths]
-    # Segment 2 busy, the others nearly idle, one row attending to nothing: worth several calls.
-    row_segments = [0, 2, 2, 2, 2, 2, 2, 2, 2, -1, 1, 3, 2]
-    level = _KVLevel(keys, values, row_segments)
+    # The segments each row attends to: segment 2 busy, the others nearly idle, two rows
+    # attending to two segments (a shared history and their own rest), one to none.
+    row_paths = [[0], [2], [2], [2], [2], [2], [2], [2], [2], [], [1, 2], [3], [0, 3]]
+    segment_rows = [[row for row, path in enumerate(row_paths) if segment in path] for segment in range(4)]
+    level = _KVLevel(keys, values, segment_rows, len(row_paths))
     assert len(level._ranges) > 1
-    q = torch.randn(len(row_segments), kv_heads, groups, dim, generator=generator).bfloat16()
-    out, lse = level.attend(0, q, 0.25)
-    for row, segment in enumerate(row_segments):
-        if segment < 0:
-            assert torch.all(out[row] == 0) and torch.all(lse[row] == float("-inf"))
-            continue
-        visible = torch.ones(groups, lengths[segment], dtype=torch.bool)
-        expected, expected_lse = reference_attention(q[row] * 0.25, keys[segment][0], values[segment][0], visible)
-        torch.testing.assert_close(out[row].double(), expected, atol=3e-2, rtol=0)
-        torch.testing.assert_close(lse[row].double(), expected_lse, atol=0, rtol=2**-8)
-    # Retiring the busy segment's rows leaves one call for what is left, still exact
-    # (the retired segment's short run is cheaper to pad across than to split around).
-    kept = [0, 10, 11]
+    q = torch.randn(len(row_paths), kv_heads, groups, dim, generator=generator).bfloat16()
+
+    def check(out, lse, rows):
+        for position, row in enumerate(rows):
+            if not row_paths[row]:
+                assert torch.all(out[position] == 0) and torch.all(lse[position] == float("-inf"))
+                continue
+            path_keys = torch.cat([keys[segment][0] for segment in row_paths[row]], dim=1)
+            path_values = torch.cat([values[segment][0] for segment in row_paths[row]], dim=1)
+            visible = torch.ones(groups, path_keys.shape[1], dtype=torch.bool)
+            expected, expected_lse = reference_attention(q[row] * 0.25, path_keys, path_values, visible)
+            torch.testing.assert_close(out[position].double(), expected, atol=3e-2, rtol=0)
+            torch.testing.assert_close(lse[position].double(), expected_lse, atol=0, rtol=2**-8)
+
+    check(*level.attend(0, q, 0.25), range(len(row_paths)))
+    # Retiring the busy segments' rows leaves calls around them (their 10 chunks are not
+    # read), with 2 slots, no longer padded to the retired rows; still exact.
+    kept = [0, 9, 11, 12]
     level.keep(kept)
-    out, _ = level.attend(0, q[kept], 0.25)
-    for position, row in enumerate(kept):
-        segment = row_segments[row]
-        visible = torch.ones(groups, lengths[segment], dtype=torch.bool)
-        expected, _ = reference_attention(q[row] * 0.25, keys[segment][0], values[segment][0], visible)
-        torch.testing.assert_close(out[position].double(), expected, atol=3e-2, rtol=0)
-    assert [slots for _, _, slots, _ in level._ranges] == [1]  # no longer padded to the retired rows
+    check(*level.attend(0, q[kept], 0.25), kept)
+    assert [(start, stop, slots) for start, stop, slots, _ in level._ranges] == [(0, 1, 2), (11, 13, 2)]
 
 
 def test_slot_ranges_split_only_where_padding_costs_more_than_a_call():

@@ -23,13 +23,15 @@ num_return_sequences=k)``:
   one prompt already keeps the matrix units busy. Each layer's KV (prefix
   then new tokens) is assembled once, by the attention (``_PrefillContext``).
 * **Shared prefixes are held and read once while decoding**
-  (``plan_families``, ``_DecodeCache``): a family of prompts sharing most of
-  their tokens keeps the common prefix once, and all its rows attend to it in
-  one call (more query rows per key: the attention kernel runs ~2x faster per
-  query-key pair), each job's own rest and each row's generated tokens in
-  others. Each level's KV is cut into equal chunks, so one attention call per
-  layer covers it whatever the prompts' lengths (on this CPU a call's fixed
-  cost outweighs a few padded keys).
+  (``plan_segments``, ``_DecodeCache``): the batch's prompts are held as the
+  segments of their prefix tree (the record that three task questions share;
+  the history that a patient's later admission extends), each once, and all
+  the rows under a segment attend to it together (more query rows per key: at
+  few rows the products are bound by reading the KV, and a segment is read
+  once per step, not once per prompt). Segments are cut into equal chunks, so a
+  few attention calls per layer cover them whatever their lengths, each with
+  as many query slots per chunk as its busiest segment has rows
+  (``_slot_ranges``).
 * **bf16 where the CPU has it** (``resolve_dtype``): with AVX512-BF16 a bf16
   matrix multiply runs ~5x faster than fp32 here. In bf16 on a CPU, attention
   is two matrix multiplies around a softmax (``_matmul_attention``) instead of
@@ -296,7 +298,7 @@ def plan_batches(
 # chunks of a level): the longest of these sizes that pads a level's segments by
 # at most _CHUNK_PADDING of their keys (the shortest otherwise). Long chunks
 # give the kernel long runs of keys; short ones keep short segments (the
-# questions' own tails after a family prefix) from carrying padding.
+# questions' own tails after a shared record) from carrying padding.
 _CHUNK_SIZES = (512, 256, 128, 64)
 _CHUNK_PADDING = 0.25
 
@@ -309,56 +311,69 @@ def _chunk_size(lengths: list[int]) -> int:
     return _CHUNK_SIZES[-1]
 
 
-# Prompts that sort next to each other form a family when they share at least
-# this many tokens and at least this fraction of the longer one: the task
-# questions about one record. A family's common prefix is held once during
-# decoding and all its rows attend to it in one call. (A patient's later
-# admission extends an earlier one's history too, but a family is one level:
-# joining them would shrink the common prefix to the earliest history and leave
-# each job a long rest of its own, read at few query rows per key. Measured on
-# demo batches, families of near-identical prompts decode faster.)
-_FAMILY_MIN_SHARED = 64
-_FAMILY_MIN_FRACTION = 0.8
+# A prefix shared by several prompts of a batch is held once while decoding (and read
+# once per step for all their rows) when it has at least this many tokens; a shorter
+# one stays part of each prompt's own segment (a tiny shared segment costs a chunk of
+# padding and an entry per row for little saved reading).
+_SEGMENT_MIN_SHARED = 64
+# Segments at least this long go to the decode cache's long-key level (long chunks), the
+# rest to the short one: one chunk size for both would pad the questions' short
+# tails to long chunks or cut long shared histories into many short ones.
+_LONG_SEGMENT = 256
 
 
-def plan_families(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], int]]:
-    """(member indexes, shared prefix length) per family of two or more prompts:
-    runs of the prompts in token order whose neighbours share at least
-    _FAMILY_MIN_SHARED tokens and _FAMILY_MIN_FRACTION of the longer prompt.
-    The prefix is what all members share, less at least one token of each (so
-    every member keeps a non-empty part of its own)."""
-    families: list[tuple[list[int], int]] = []
-    run: list[int] = []
-    shared = 0
-    # The prefill plan already has the prompts in token order and what each shares with its neighbour.
-    for index, _, reused in prefill_plan(prompts) + [(None, -1, 0)]:
-        if run and index is not None and reused >= max(
-                _FAMILY_MIN_SHARED, _FAMILY_MIN_FRACTION * max(len(prompts[run[-1]]), len(prompts[index]))):
-            shared = reused if len(run) == 1 else min(shared, reused)
-            run.append(index)
-            continue
-        if len(run) > 1:
-            families.append((run, min(shared, min(len(prompts[member]) for member in run) - 1)))
-        run, shared = [index], 0
-    return families
+def plan_segments(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], int, int]]:
+    """The batch's prompts cut into the segments their KV is held in while decoding:
+    (prompts that share it, first token, end token). The segments are the prompts'
+    prefix tree, with shared parts under _SEGMENT_MIN_SHARED tokens left to the
+    prompts below them: the record three task questions share, and within it the
+    history that a patient's later admission extends, are each held once. Every
+    prompt is covered by the segments listing it, in token order, and keeps at
+    least its last token in a segment of its own."""
+    plan = prefill_plan(prompts)
+    order = [index for index, _, _ in plan]
+    shared = [reused for _, _, reused in plan]  # with the prompt before, in token order
+    segments: list[tuple[list[int], int, int]] = []
+
+    def cut(first: int, end: int, start: int) -> None:
+        """Segments of the run order[first:end], whose prompts share their first `start` tokens."""
+        members = order[first:end]
+        if len(members) == 1:
+            segments.append((members, start, len(prompts[members[0]])))
+            return
+        common = min(min(shared[first + 1 : end]), min(len(prompts[member]) for member in members) - 1)
+        if common - start >= _SEGMENT_MIN_SHARED:
+            segments.append((members, start, common))
+            start = common
+        splits = [position for position in range(first + 1, end) if shared[position] <= common]
+        if not splits:  # the run shares nothing more in a subset: each prompt's rest is its own
+            segments.extend(([member], start, len(prompts[member])) for member in members)
+            return
+        for sub_first, sub_end in zip([first, *splits], [*splits, end]):
+            cut(sub_first, sub_end, start)
+
+    if prompts:
+        cut(0, len(order), 0)
+    return segments
 
 
 class _KVLevel:
-    """One level of a decode batch's prompt KV: segments (a prompt, or the prefix
-    a family of prompts shares), each held once, cut into chunks of one size
-    (`_chunk_size`; the last one padded and masked) stacked into one tensor per
-    layer, shape (chunks, kv_heads, size, head_dim). One attention call per layer covers
-    every chunk (flash-decoding's split over keys): the calls have one shape
-    whatever the prompts' lengths, and long segments give the threads many
-    chunks to share rather than one long row each. ``row_segments`` gives the
-    segment each row still in the batch attends to (-1: none); each chunk's
-    query rows are its segment's rows. The chunks are attended in a few
-    consecutive ranges (`_slot_ranges`), each laid out with as many query slots
-    per chunk as its busiest segment has rows (empty slots are zero queries whose
-    output is dropped), and each row's partial results over its segment's chunks
-    are merged by log-sum-exp."""
+    """One level of a decode batch's prompt KV: segments (`plan_segments`), each
+    held once, cut into chunks of one size (`_chunk_size`; the last one padded and
+    masked) stacked into one tensor per layer, shape (chunks, kv_heads, size,
+    head_dim). Few attention calls per layer cover every chunk (flash-decoding's
+    split over keys): long segments give the threads many chunks to share rather
+    than one long row each. ``segment_rows`` gives the rows (of the batch's rows,
+    in order) that attend to each segment; a row may attend to several (a shared
+    history, the record after it, its question), or to none. Each chunk's query
+    rows are its segment's rows. The chunks are attended in a few consecutive
+    ranges (`_slot_ranges`), each laid out with as many query slots per chunk as
+    its busiest segment has rows (empty slots are zero queries whose output is
+    dropped), and each row's partial results over all its chunks are merged by
+    log-sum-exp."""
 
-    def __init__(self, segment_keys: list[list], segment_values: list[list], row_segments: list[int]):
+    def __init__(self, segment_keys: list[list], segment_values: list[list], segment_rows: list[list[int]],
+                 rows: int):
         lengths = [keys[0].shape[-2] for keys in segment_keys]
         size = _chunk_size(lengths)
         self.chunk_segment = [segment for segment, length in enumerate(lengths) for _ in range(-(-length // size))]
@@ -371,15 +386,13 @@ class _KVLevel:
         layers = range(len(segment_keys[0]))
         self.keys = [_chunk_stack([keys[layer] for keys in segment_keys], lengths, size) for layer in layers]
         self.values = [_chunk_stack([values[layer] for values in segment_values], lengths, size) for layer in layers]
-        self.row_segments = list(row_segments)
+        self.segment_rows = [sorted(set(members)) for members in segment_rows]
+        self.rows = rows
         self._index_rows()
 
     def _index_rows(self) -> None:
-        rows_of: dict[int, list[int]] = {}
-        for row, segment in enumerate(self.row_segments):
-            rows_of.setdefault(segment, []).append(row)
-        rows_of.pop(-1, None)
-        dummy = len(self.row_segments)  # index of the zero query appended in attend()
+        rows_of = dict(enumerate(self.segment_rows))
+        dummy = self.rows  # index of the zero query appended in attend()
         # A segment's chunks are consecutive: runs of (segment, first chunk, end chunk).
         runs: list[list[int]] = []
         for chunk, segment in enumerate(self.chunk_segment):
@@ -388,7 +401,7 @@ class _KVLevel:
             else:
                 runs.append([segment, chunk, chunk + 1])
         self._ranges = []
-        entries: list[list[int]] = [[] for _ in self.row_segments]
+        entries: list[list[int]] = [[] for _ in range(self.rows)]
         offset = 0  # of a range's first slot among all ranges' slots
         for first, end in _slot_ranges([run[2] - run[1] for run in runs],
                                        [len(rows_of.get(run[0], ())) for run in runs], self.keys[0].shape[2]):
@@ -410,12 +423,14 @@ class _KVLevel:
         """Keep only `rows` (positions among the current rows, ascending). The
         chunks of segments no kept row attends to stay where they are, left out
         of every call (`_slot_ranges`): dropping them would copy the level's KV."""
-        self.row_segments = [self.row_segments[row] for row in rows]
+        position = {row: new for new, row in enumerate(rows)}
+        self.segment_rows = [[position[row] for row in members if row in position] for members in self.segment_rows]
+        self.rows = len(rows)
         self._index_rows()
 
     def attend(self, layer: int, q, scaling: float):
-        """(out, log-sum-exp) per row for queries q (rows, kv_heads, groups, head_dim);
-        a row without a segment gets zeros and -inf. Grouped-query heads share
+        """(out, log-sum-exp) per row for queries q (rows, kv_heads, groups, head_dim)
+        over all its segments; a row without any gets zeros and -inf. Grouped-query heads share
         their KV head without copying it: they are its query rows."""
         rows, kv_heads, groups, head_dim = q.shape
         if not self._ranges:
@@ -536,27 +551,25 @@ class _DecodeCache(DynamicCache):
     row's generated tokens (`_GeneratedLayer`).
 
     Jobs are numbered 0..J-1 for the batch; ``row_jobs`` gives each row's job.
-    A family of jobs that share a long prompt prefix (`plan_families`) holds it
-    once, in the first level; each job holds the rest of its prompt (all of it
-    outside families) in the second. A row attends to its family's prefix, its
-    prompt's rest and its own tokens: three parts merged by their log-sum-exp
-    (the split-softmax identity flash-decoding uses)."""
+    The prompts' KV is held in the segments of their prefix tree
+    (`plan_segments`), each once: long ones in the first level, short ones (most
+    often a question's own tail) in the second. A row attends to its prompt's
+    segments and its own tokens, the parts merged by their log-sum-exp (the
+    split-softmax identity flash-decoding uses)."""
 
     def __init__(self, prompts: list[list[int]], prompt_keys: list[list], prompt_values: list[list],
                  row_jobs: list[int], capacity: int):
-        family_of = [-1] * len(prompts)
-        start = [0] * len(prompts)
-        prefix_keys, prefix_values = [], []
-        for number, (members, shared) in enumerate(plan_families(prompts)):
-            prefix_keys.append([k[:, :shared] for k in prompt_keys[members[0]]])
-            prefix_values.append([v[:, :shared] for v in prompt_values[members[0]]])
-            for job in members:
-                family_of[job], start[job] = number, shared
-        own_keys = [[k[:, start[job]:] for k in prompt_keys[job]] for job in range(len(prompts))]
-        own_values = [[v[:, start[job]:] for v in prompt_values[job]] for job in range(len(prompts))]
-        self.levels = [_KVLevel(own_keys, own_values, row_jobs)]
-        if prefix_keys:
-            self.levels.insert(0, _KVLevel(prefix_keys, prefix_values, [family_of[job] for job in row_jobs]))
+        rows_of_job: dict[int, list[int]] = {}
+        for row, job in enumerate(row_jobs):
+            rows_of_job.setdefault(job, []).append(row)
+        long_parts: tuple[list, list, list] = ([], [], [])
+        short_parts: tuple[list, list, list] = ([], [], [])
+        for members, start, end in plan_segments(prompts):
+            parts = long_parts if end - start >= _LONG_SEGMENT else short_parts
+            parts[0].append([k[:, start:end] for k in prompt_keys[members[0]]])
+            parts[1].append([v[:, start:end] for v in prompt_values[members[0]]])
+            parts[2].append([row for job in members for row in rows_of_job.get(job, ())])
+        self.levels = [_KVLevel(*parts, len(row_jobs)) for parts in (long_parts, short_parts) if parts[0]]
         like = prompt_keys[0]
         Cache.__init__(self, layers=[_GeneratedLayer(like[layer], len(row_jobs), capacity)
                                      for layer in range(len(like))])
