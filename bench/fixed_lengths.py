@@ -66,8 +66,9 @@ def main() -> None:
         stats = hf_sampler.SamplerStats()
         lengths: dict[int, int] = {}
         started = time.perf_counter()
-        for _, outputs in hf_sampler.sample_all(model, tokenizer, jobs, params, max_batch_tokens=args.max_batch_tokens,
-                                                max_rows=args.max_rows, stats=stats):
+        batches = hf_sampler.sample_all(model, tokenizer, jobs, params, max_batch_tokens=args.max_batch_tokens,
+                                        max_rows=args.max_rows, stats=stats)
+        for _, outputs in batches:
             lengths.update((s.seed, s.num_new_tokens) for samples in outputs for s in samples)
         seconds = time.perf_counter() - started
         runs.append(seconds)

@@ -38,10 +38,10 @@ num_return_sequences=k)``:
   torch's CPU flash kernel, which reaches only ~110-160 GFLOP/s: prefill
   attention runs in query blocks over the prefix and the block's own keys
   (``_blocked_causal_attention``), decode attention per KV chunk, its
-  log-sum-exp read off the softmax's first entry. The scores are rounded to bf16 before
-  the softmax, as in transformers' eager bf16 attention. bf16 linear layers
-  run on weights packed once for oneDNN (``_packed_linears``; same bits as
-  ``F.linear``, which repacks at every call).
+  log-sum-exp read off the softmax's first entry. The scores are rounded to
+  bf16 before the softmax, as in transformers' eager bf16 attention. bf16
+  linear layers run on weights packed once for oneDNN (``_packed_linears``;
+  same bits as ``F.linear``, which repacks at every call).
 * **Decoding uses its own loop** with a pre-allocated KV cache for the
   generated tokens (``DynamicCache`` re-concatenates the whole cache at every
   step), stops rows at EOS and drops finished rows (and prompts whose rows are
@@ -430,8 +430,8 @@ class _KVLevel:
 
     def attend(self, layer: int, q, scaling: float):
         """(out, log-sum-exp) per row for queries q (rows, kv_heads, groups, head_dim)
-        over all its segments; a row without any gets zeros and -inf. Grouped-query heads share
-        their KV head without copying it: they are its query rows."""
+        over all its segments; a row without any gets zeros and -inf. Grouped-query
+        heads share their KV head without copying it: they are its query rows."""
         rows, kv_heads, groups, head_dim = q.shape
         if not self._ranges:
             return q.new_zeros(q.shape, dtype=torch.float32), q.new_full((rows, kv_heads, groups, 1), float("-inf"),
@@ -471,11 +471,12 @@ _KEY_READ_COST = 3
 def _slot_ranges(run_chunks: list[int], run_rows: list[int], size: int) -> list[tuple[int, int]]:
     """Consecutive runs (a segment's chunks and its live rows) split into ranges
     [first, end), one attention call each, whose query slots are the busiest
-    run's rows: the split that minimises the padded score entries computed
-    and the keys read (_KEY_READ_COST each) plus _RANGE_CALL_COST per call. Runs without rows are left out (their keys
-    stay in place, unread). One call for all would pad every chunk to the
-    busiest segment's rows (measured on demo batches: 40 % of the entries wasted
-    once rows retire unevenly)."""
+    run's rows: the split that minimises the padded score entries computed and
+    the keys read (_KEY_READ_COST each), plus _RANGE_CALL_COST per call. Runs
+    without rows are left out (their keys stay in place, unread) unless padding
+    across them is cheaper than another call. One call for all would pad every
+    chunk to the busiest segment's rows (measured on demo batches: 40 % of the
+    entries wasted once rows retire unevenly)."""
     count = len(run_chunks)
     best = [0] + [float("inf")] * count  # cost of the first j runs
     cut: list[int | None] = [0] * (count + 1)  # None: run j-1 is skipped
