@@ -391,7 +391,6 @@ class _KVLevel:
         self._index_rows()
 
     def _index_rows(self) -> None:
-        rows_of = dict(enumerate(self.segment_rows))
         dummy = self.rows  # index of the zero query appended in attend()
         # A segment's chunks are consecutive: runs of (segment, first chunk, end chunk).
         runs: list[list[int]] = []
@@ -403,13 +402,13 @@ class _KVLevel:
         self._ranges = []
         entries: list[list[int]] = [[] for _ in range(self.rows)]
         offset = 0  # of a range's first slot among all ranges' slots
-        for first, end in _slot_ranges([run[2] - run[1] for run in runs],
-                                       [len(rows_of.get(run[0], ())) for run in runs], self.keys[0].shape[2]):
-            slots = max(1, max(len(rows_of.get(run[0], ())) for run in runs[first:end]))
+        run_rows = [len(self.segment_rows[run[0]]) for run in runs]
+        for first, end in _slot_ranges([run[2] - run[1] for run in runs], run_rows, self.keys[0].shape[2]):
+            slots = max(1, *run_rows[first:end])
             start, stop = runs[first][1], runs[end - 1][2]
             gather = [dummy] * ((stop - start) * slots)
             for chunk in range(start, stop):
-                for slot, row in enumerate(rows_of.get(self.chunk_segment[chunk], ())):
+                for slot, row in enumerate(self.segment_rows[self.chunk_segment[chunk]]):
                     gather[(chunk - start) * slots + slot] = row
                     entries[row].append(offset + (chunk - start) * slots + slot)
             self._ranges.append((start, stop, slots, torch.tensor(gather, dtype=torch.long)))
@@ -445,10 +444,10 @@ class _KVLevel:
             mask = None if self.mask is None else self.mask[start:stop]
             out, lse = _attend_with_lse(chunk_q, self.keys[layer][start:stop], self.values[layer][start:stop],
                                         scaling, mask)
-            outs.append(out.reshape(chunks, kv_heads, slots, groups, head_dim).transpose(1, 2).reshape(
-                chunks * slots, kv_heads, groups, head_dim))
-            lses.append(lse.reshape(chunks, kv_heads, slots, groups, 1).transpose(1, 2).reshape(
-                chunks * slots, kv_heads, groups, 1))
+            # (chunks, kv_heads, slots * groups, d) -> one entry per (chunk, slot), as gathered.
+            for results, result in ((outs, out), (lses, lse)):
+                results.append(result.reshape(chunks, kv_heads, slots, groups, -1).transpose(1, 2).reshape(
+                    chunks * slots, kv_heads, groups, -1))
         out = torch.cat([*outs, outs[0].new_zeros(1, kv_heads, groups, head_dim)])
         lse = torch.cat([*lses, lses[0].new_full((1, kv_heads, groups, 1), float("-inf"))])
         row_out = out[self._entries]  # (rows, entries, kv_heads, groups, head_dim)
