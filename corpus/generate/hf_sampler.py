@@ -373,7 +373,7 @@ class _KVLevel:
     log-sum-exp."""
 
     def __init__(self, segment_keys: list[list], segment_values: list[list], segment_rows: list[list[int]],
-                 rows: int):
+                 rows: int, kernels=None):
         lengths = [keys[0].shape[-2] for keys in segment_keys]
         size = _chunk_size(lengths)
         self.chunk_segment = [segment for segment, length in enumerate(lengths) for _ in range(-(-length // size))]
@@ -386,11 +386,27 @@ class _KVLevel:
         layers = range(len(segment_keys[0]))
         self.keys = [_chunk_stack([keys[layer] for keys in segment_keys], lengths, size) for layer in layers]
         self.values = [_chunk_stack([values[layer] for values in segment_values], lengths, size) for layer in layers]
+        self.size = size
+        self._kernels = kernels
+        if kernels is not None:
+            # The kernel's layouts (kernels/decode_attention.cpp): each 16 keys' dimension
+            # pairs, each dimension's key pairs; the vdpbf16ps operands, loaded as they lie.
+            chunks, kv_heads, _, head_dim = self.keys[0].shape
+            self.keys = [k.view(chunks, kv_heads, size // 16, 16, head_dim // 2, 2).permute(0, 1, 2, 4, 3, 5)
+                         .contiguous() for k in self.keys]
+            self.values = [v.view(chunks, kv_heads, size // 2, 2, head_dim).permute(0, 1, 2, 4, 3).contiguous()
+                           for v in self.values]
+            self.chunk_length = torch.tensor([min(size, lengths[segment] - start)
+                                              for segment, start in zip(self.chunk_segment, starts)],
+                                             dtype=torch.int32)
         self.segment_rows = [sorted(set(members)) for members in segment_rows]
         self.rows = rows
         self._index_rows()
 
     def _index_rows(self) -> None:
+        if self._kernels is not None:
+            self._index_rows_for_kernel()
+            return
         dummy = self.rows  # index of the zero query appended in attend()
         # A segment's chunks are consecutive: runs of (segment, first chunk, end chunk).
         runs: list[list[int]] = []
@@ -403,7 +419,7 @@ class _KVLevel:
         entries: list[list[int]] = [[] for _ in range(self.rows)]
         offset = 0  # of a range's first slot among all ranges' slots
         run_rows = [len(self.segment_rows[run[0]]) for run in runs]
-        for first, end in _slot_ranges([run[2] - run[1] for run in runs], run_rows, self.keys[0].shape[2]):
+        for first, end in _slot_ranges([run[2] - run[1] for run in runs], run_rows, self.size):
             slots = max(1, *run_rows[first:end])
             start, stop = runs[first][1], runs[end - 1][2]
             gather = [dummy] * ((stop - start) * slots)
@@ -417,6 +433,28 @@ class _KVLevel:
         weightless = offset
         width = max((len(e) for e in entries), default=1)
         self._entries = torch.tensor([e + [weightless] * (width - len(e)) for e in entries], dtype=torch.long)
+
+    def _index_rows_for_kernel(self) -> None:
+        """The kernel's work list: each chunk that live rows attend to, with its
+        segment's rows; an entry per (chunk, row), numbered in chunk order, and
+        each row's entries (CSR arrays, int32)."""
+        item_chunk: list[int] = []
+        item_start, item_rows = [0], []
+        entries: list[list[int]] = [[] for _ in range(self.rows)]
+        for chunk, segment in enumerate(self.chunk_segment):
+            members = self.segment_rows[segment]
+            if not members:
+                continue
+            for row in members:
+                entries[row].append(len(item_rows))
+                item_rows.append(row)
+            item_chunk.append(chunk)
+            item_start.append(len(item_rows))
+        row_start = [0]
+        for row_entries in entries:
+            row_start.append(row_start[-1] + len(row_entries))
+        self._work = [torch.tensor(values, dtype=torch.int32) for values in (
+            item_chunk, item_start, item_rows, row_start, [entry for row in entries for entry in row])]
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (positions among the current rows, ascending). The
@@ -432,6 +470,8 @@ class _KVLevel:
         over all its segments; a row without any gets zeros and -inf. Grouped-query
         heads share their KV head without copying it: they are its query rows."""
         rows, kv_heads, groups, head_dim = q.shape
+        if self._kernels is not None:
+            return self._attend_in_kernel(layer, q, scaling)
         if not self._ranges:
             return q.new_zeros(q.shape, dtype=torch.float32), q.new_full((rows, kv_heads, groups, 1), float("-inf"),
                                                                          dtype=torch.float32)
@@ -456,6 +496,34 @@ class _KVLevel:
         # A row without a segment has only weightless entries: -inf - -inf is nan, its weight 0.
         weights = torch.exp(row_lse - total.unsqueeze(1)).nan_to_num_(0.0)
         return (row_out.float() * weights).sum(1), total
+
+    def _attend_in_kernel(self, layer: int, q, scaling: float):
+        rows, kv_heads, groups, head_dim = q.shape
+        item_chunk, item_start, item_rows, row_start, row_entries = self._work
+        q = q.contiguous()
+        entry_out = q.new_empty((len(item_rows), kv_heads, groups, head_dim), dtype=torch.float32)
+        entry_lse = q.new_empty((len(item_rows), kv_heads, groups), dtype=torch.float32)
+        out = q.new_empty((rows, kv_heads, groups, head_dim), dtype=torch.float32)
+        lse = q.new_empty((rows, kv_heads, groups, 1), dtype=torch.float32)
+        code = self._kernels.level(
+            self.keys[layer].data_ptr(), self.values[layer].data_ptr(), self.chunk_length.data_ptr(), self.size,
+            kv_heads, groups, head_dim, q.data_ptr(), scaling, len(item_chunk), item_chunk.data_ptr(),
+            item_start.data_ptr(), item_rows.data_ptr(), rows, row_start.data_ptr(), row_entries.data_ptr(),
+            entry_out.data_ptr(), entry_lse.data_ptr(), out.data_ptr(), lse.data_ptr(), torch.get_num_threads())
+        if code:
+            raise RuntimeError(f"decode attention kernel refused its arguments (code {code})")
+        return out, lse
+
+
+def _decode_kernels(like):
+    """The native decode-attention kernels (`native`) for a batch whose KV is like
+    `like`, or None (the torch path): bf16 on a CPU, head_dim 64, and the kernels
+    built here."""
+    if like.dtype != torch.bfloat16 or like.device.type != "cpu" or like.shape[-1] != 64:
+        return None
+    from corpus.generate import native
+
+    return native.decode_attention()
 
 
 # What one more attention call costs, in score entries (chunk keys x query slots):
@@ -518,22 +586,40 @@ def _chunk_stack(tensors: list, lengths: list[int], size: int):
 class _GeneratedLayer(DynamicLayer):
     """One layer's KV of the rows' generated tokens, in a pre-allocated buffer
     (rows, kv_heads, max_new_tokens, head_dim) filled one slot per step
-    (DynamicLayer re-concatenates its whole cache at every step)."""
+    (DynamicLayer re-concatenates its whole cache at every step). With `packed`,
+    in the native kernels' layouts instead (kernels/decode_attention.cpp), zeroed
+    so that slots not yet written weigh nothing."""
 
     is_croppable = False
     supports_early_init = False
 
-    def __init__(self, like, rows: int, capacity: int) -> None:
+    def __init__(self, like, rows: int, capacity: int, packed: bool = False) -> None:
         super().__init__()
         kv_heads, _, head_dim = like.shape
-        self.keys = like.new_empty((rows, kv_heads, capacity, head_dim))
-        self.values = like.new_empty((rows, kv_heads, capacity, head_dim))
+        self.packed = packed
+        if packed:
+            capacity = -(-capacity // 16) * 16
+            self.keys = like.new_zeros((rows, kv_heads, capacity // 16, head_dim // 2, 16, 2))
+            self.values = like.new_zeros((rows, kv_heads, capacity // 2, head_dim, 2))
+        else:
+            self.keys = like.new_empty((rows, kv_heads, capacity, head_dim))
+            self.values = like.new_empty((rows, kv_heads, capacity, head_dim))
+        self.capacity = capacity
         self.length = 0
         self.is_initialized = True
         self.dtype, self.device = self.keys.dtype, self.keys.device
 
     def update(self, key_states, value_states, *args, **kwargs):
         step = key_states.shape[-2]
+        if self.packed:
+            rows, kv_heads, _, head_dim = key_states.shape
+            for position in range(self.length, self.length + step):
+                index = position - self.length
+                self.keys[:, :, position // 16, :, position % 16] = key_states[:, :, index].reshape(
+                    rows, kv_heads, head_dim // 2, 2)
+                self.values[:, :, position // 2, :, position % 2] = value_states[:, :, index]
+            self.length += step
+            return self.keys, self.values
         self.keys[:, :, self.length : self.length + step] = key_states
         self.values[:, :, self.length : self.length + step] = value_states
         self.length += step
@@ -558,7 +644,7 @@ class _DecodeCache(DynamicCache):
     split-softmax identity flash-decoding uses)."""
 
     def __init__(self, prompts: list[list[int]], prompt_keys: list[list], prompt_values: list[list],
-                 row_jobs: list[int], capacity: int):
+                 row_jobs: list[int], capacity: int, kernels=None):
         rows_of_job: dict[int, list[int]] = {}
         for row, job in enumerate(row_jobs):
             rows_of_job.setdefault(job, []).append(row)
@@ -569,9 +655,11 @@ class _DecodeCache(DynamicCache):
             parts[0].append([k[:, start:end] for k in prompt_keys[members[0]]])
             parts[1].append([v[:, start:end] for v in prompt_values[members[0]]])
             parts[2].append([row for job in members for row in rows_of_job.get(job, ())])
-        self.levels = [_KVLevel(*parts, len(row_jobs)) for parts in (long_parts, short_parts) if parts[0]]
         like = prompt_keys[0]
-        Cache.__init__(self, layers=[_GeneratedLayer(like[layer], len(row_jobs), capacity)
+        self.kernels = _decode_kernels(like[0]) if kernels is None else kernels or None
+        self.levels = [_KVLevel(*parts, len(row_jobs), self.kernels) for parts in (long_parts, short_parts)
+                       if parts[0]]
+        Cache.__init__(self, layers=[_GeneratedLayer(like[layer], len(row_jobs), capacity, self.kernels is not None)
                                      for layer in range(len(like))])
 
     def keep(self, rows: list[int]) -> None:
@@ -590,11 +678,27 @@ class _DecodeCache(DynamicCache):
         kv_heads = key.shape[1]
         # The query heads of one KV head become that KV head's query rows.
         q = query.reshape(rows, kv_heads, heads // kv_heads, head_dim)
+        if self.kernels is not None:
+            return self._attend_in_kernels(layer_idx, q, scaling)
         parts = [_attend_with_lse(q, key, value, scaling)]
         parts += [level.attend(layer_idx, q, scaling) for level in self.levels]
         out, _ = _merge_by_lse(parts)
         # The log-sum-exps are float32 whatever the model's dtype: return the model's.
         return out.to(query.dtype).reshape(rows, 1, heads, head_dim)
+
+    def _attend_in_kernels(self, layer_idx: int, q, scaling: float):
+        rows, kv_heads, groups, head_dim = q.shape
+        q = q.contiguous()
+        parts = [level.attend(layer_idx, q, scaling) for level in self.levels]
+        own = self.layers[layer_idx]
+        result = q.new_empty((rows, 1, kv_heads * groups, head_dim))
+        outs, lses = self.kernels.pointers([p[0] for p in parts]), self.kernels.pointers([p[1] for p in parts])
+        code = self.kernels.finish(own.keys.data_ptr(), own.values.data_ptr(), own.capacity, own.length, kv_heads,
+                                   groups, head_dim, q.data_ptr(), scaling, rows, len(parts), outs, lses,
+                                   result.data_ptr(), torch.get_num_threads())
+        if code:
+            raise RuntimeError(f"decode attention kernel refused its arguments (code {code})")
+        return result
 
 
 def _merge_by_lse(parts):

@@ -1,0 +1,270 @@
+// Decode attention over a batch's shared prompt KV (one `_KVLevel` and layer), fused:
+// scores, softmax and the value product of every (chunk, KV head) in one pass that
+// reads the chunk's keys and values once, then each row's partial results over its
+// chunks merged by log-sum-exp (flash-decoding's split over keys).
+//
+// Why a kernel: torch's three-step attention on these shapes (a few query rows per
+// chunk of 64-512 keys) ran at 6-30 % of this CPU's memory bandwidth or arithmetic,
+// and ~20 ops per call cost more than the work at few rows.
+//
+// bf16 products accumulate in fp32 with AVX512-BF16 `vdpbf16ps` (bf16 x bf16 is exact
+// in fp32); the softmax is fp32, its probabilities rounded to bf16 for the value
+// product (as torch's bf16 path does). Each (chunk, KV head) is one thread's work and
+// each row's merge is one thread's work, in a fixed order: results do not depend on
+// the thread count or schedule.
+//
+// Layouts (bf16 as uint16_t), built once per batch by the caller:
+//   keys   [chunks][kv_heads][size/16][head_dim/2][16][2]  16 keys' dimension pairs
+//   values [chunks][kv_heads][size/2][head_dim][2]          each dimension's key pairs
+//   query  [rows][kv_heads][groups][head_dim]
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if !defined(__AVX512F__) || !defined(__AVX512BF16__) || !defined(__AVX512BW__)
+#error "needs AVX512F, AVX512BW and AVX512-BF16"
+#endif
+
+namespace {
+
+constexpr int kMaxSize = 512;  // keys per chunk
+constexpr int kHeadDim = 64;
+constexpr int kBlock = 6;      // query vectors per pass: 6 x 4 accumulators + 4 values in 32 registers
+
+// exp(x) for x <= 0 (scores minus their maximum), fp32; 0 below -87.3.
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and a degree-6 polynomial:
+// relative error ~2e-7, well inside bf16's 4e-3.
+inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 ln2_hi = _mm512_set1_ps(0.693359375f);
+  const __m512 ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+  __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+  r = _mm512_fnmadd_ps(n, ln2_lo, r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  __m512 result = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), result);
+}
+
+// One (chunk, KV head): `count` query vectors (rows x groups, in that order) over the
+// chunk's first `length` keys. Writes each vector's normalised output and log-sum-exp.
+void attend_chunk(const uint16_t* keys, const uint16_t* values, int length, const uint32_t* const* query_pairs,
+                  int count, float scale, float* const* outs, float* const* lses) {
+  alignas(64) float scores[kBlock][kMaxSize];
+  alignas(64) uint16_t probs[kBlock][kMaxSize];
+  const int key_blocks = (length + 15) / 16;
+  const int key_pairs = (length + 1) / 2;
+  for (int first = 0; first < count; first += kBlock) {
+    const int block = count - first < kBlock ? count - first : kBlock;
+    // Scores: 16 keys per register, one dimension pair per vdpbf16ps.
+    for (int kb = 0; kb < key_blocks; ++kb) {
+      __m512 acc[kBlock];
+      for (int m = 0; m < block; ++m) acc[m] = _mm512_setzero_ps();
+      const uint16_t* key_block = keys + static_cast<size_t>(kb) * (kHeadDim / 2) * 32;
+      for (int pair = 0; pair < kHeadDim / 2; ++pair) {
+        __m512bh k = (__m512bh)_mm512_loadu_si512(key_block + pair * 32);
+        for (int m = 0; m < block; ++m) {
+          acc[m] = _mm512_dpbf16_ps(acc[m], k, (__m512bh)_mm512_set1_epi32(query_pairs[first + m][pair]));
+        }
+      }
+      for (int m = 0; m < block; ++m) _mm512_store_ps(scores[m] + kb * 16, _mm512_mul_ps(acc[m], _mm512_set1_ps(scale)));
+    }
+    // Softmax: keys past `length` (the chunk's padding) get probability 0.
+    float maxima[kBlock], sums[kBlock];
+    const int padded = key_blocks * 16;
+    for (int m = 0; m < block; ++m) {
+      float* s = scores[m];
+      for (int j = length; j < padded; ++j) s[j] = -INFINITY;
+      __m512 best = _mm512_set1_ps(-INFINITY);
+      for (int j = 0; j < padded; j += 16) best = _mm512_max_ps(best, _mm512_load_ps(s + j));
+      const float maximum = _mm512_reduce_max_ps(best);
+      __m512 total = _mm512_setzero_ps();
+      const __m512 shift = _mm512_set1_ps(maximum);
+      for (int j = 0; j < padded; j += 32) {
+        __m512 low = exp_nonpositive(_mm512_sub_ps(_mm512_load_ps(s + j), shift));
+        __m512 high = j + 16 < padded ? exp_nonpositive(_mm512_sub_ps(_mm512_load_ps(s + j + 16), shift))
+                                      : _mm512_setzero_ps();
+        total = _mm512_add_ps(total, _mm512_add_ps(low, high));
+        // cvtne2ps_pbh puts its second operand in the low half.
+        _mm512_store_si512(probs[m] + j, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+      }
+      maxima[m] = maximum;
+      sums[m] = _mm512_reduce_add_ps(total);
+    }
+    // Values: 16 dimensions per register, one key pair per vdpbf16ps.
+    __m512 acc[kBlock][4];
+    for (int m = 0; m < block; ++m)
+      for (int d = 0; d < 4; ++d) acc[m][d] = _mm512_setzero_ps();
+    for (int pair = 0; pair < key_pairs; ++pair) {
+      const uint16_t* value_pair = values + static_cast<size_t>(pair) * kHeadDim * 2;
+      __m512bh v[4];
+      for (int d = 0; d < 4; ++d) v[d] = (__m512bh)_mm512_loadu_si512(value_pair + d * 32);
+      for (int m = 0; m < block; ++m) {
+        uint32_t p;
+        memcpy(&p, probs[m] + 2 * pair, sizeof p);
+        const __m512bh pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(p));
+        for (int d = 0; d < 4; ++d) acc[m][d] = _mm512_dpbf16_ps(acc[m][d], v[d], pp);
+      }
+    }
+    for (int m = 0; m < block; ++m) {
+      const __m512 inverse = _mm512_set1_ps(1.0f / sums[m]);
+      for (int d = 0; d < 4; ++d) _mm512_storeu_ps(outs[first + m] + d * 16, _mm512_mul_ps(acc[m][d], inverse));
+      *lses[first + m] = maxima[m] + logf(sums[m]);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Returns 0, or a positive code for arguments the kernel does not take.
+int corpus_level_attend(const uint16_t* keys, const uint16_t* values, const int32_t* chunk_length, int size,
+                        int kv_heads, int groups, int head_dim, const uint16_t* query, float scale, int items,
+                        const int32_t* item_chunk, const int32_t* item_start, const int32_t* item_rows, int rows,
+                        const int32_t* row_start, const int32_t* row_entries, float* entry_out, float* entry_lse,
+                        float* out, float* lse, int threads) {
+  if (head_dim != kHeadDim) return 1;
+  if (size % 16 || size > kMaxSize) return 2;
+  if (groups * kBlock > 4096) return 3;
+  const size_t chunk_stride = static_cast<size_t>(kv_heads) * size * head_dim;
+  const int vectors_per_entry = kv_heads * groups;
+  // Phase 1: every (chunk, KV head), its rows' query vectors at once.
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int work = 0; work < items * kv_heads; ++work) {
+    const int item = work / kv_heads, head = work % kv_heads;
+    const int chunk = item_chunk[item];
+    const size_t offset = chunk * chunk_stride + static_cast<size_t>(head) * size * head_dim;
+    const int first = item_start[item], count = (item_start[item + 1] - first) * groups;
+    const uint32_t* query_pairs[4096];
+    float* outs[4096];
+    float* lses[4096];
+    for (int entry = first, v = 0; entry < item_start[item + 1]; ++entry) {
+      const int row = item_rows[entry];
+      for (int g = 0; g < groups; ++g, ++v) {
+        const size_t vector = (static_cast<size_t>(row) * kv_heads + head) * groups + g;
+        const size_t slot = (static_cast<size_t>(entry) * kv_heads + head) * groups + g;
+        query_pairs[v] = reinterpret_cast<const uint32_t*>(query + vector * head_dim);
+        outs[v] = entry_out + slot * head_dim;
+        lses[v] = entry_lse + slot;
+      }
+    }
+    for (int done = 0; done < count; done += 4096) {
+      const int part = count - done < 4096 ? count - done : 4096;
+      attend_chunk(keys + offset, values + offset, chunk_length[chunk], query_pairs + done, part, scale,
+                   outs + done, lses + done);
+    }
+  }
+  // Phase 2: each row's entries merged by their log-sum-exps, in entry order.
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int row = 0; row < rows; ++row) {
+    for (int vector = 0; vector < vectors_per_entry; ++vector) {
+      float* target = out + (static_cast<size_t>(row) * vectors_per_entry + vector) * head_dim;
+      float total = -INFINITY;
+      for (int e = row_start[row]; e < row_start[row + 1]; ++e) {
+        const float part = entry_lse[static_cast<size_t>(row_entries[e]) * vectors_per_entry + vector];
+        const float high = total > part ? total : part, low = total > part ? part : total;
+        total = high + log1pf(expf(low - high));
+      }
+      for (int d = 0; d < head_dim; ++d) target[d] = 0.0f;
+      lse[static_cast<size_t>(row) * vectors_per_entry + vector] = total;
+      if (total == -INFINITY) continue;
+      for (int e = row_start[row]; e < row_start[row + 1]; ++e) {
+        const size_t slot = static_cast<size_t>(row_entries[e]) * vectors_per_entry + vector;
+        const float weight = expf(entry_lse[slot] - total);
+        const float* part = entry_out + slot * head_dim;
+        for (int d = 0; d < head_dim; ++d) target[d] += weight * part[d];
+      }
+    }
+  }
+  return 0;
+}
+
+// Each row's attention over its own generated tokens (the first `length` of a
+// `capacity`-key buffer per (row, KV head), in the keys/values layouts above), merged
+// with its `parts` partial results (out [rows][kv_heads][groups][head_dim], lse
+// [rows][kv_heads][groups], fp32; e.g. from corpus_level_attend) by log-sum-exp, and
+// written as bf16 to `result` [rows][kv_heads * groups][head_dim].
+int corpus_decode_finish(const uint16_t* keys, const uint16_t* values, int capacity, int length, int kv_heads,
+                         int groups, int head_dim, const uint16_t* query, float scale, int rows, int parts,
+                         const float* const* part_out, const float* const* part_lse, uint16_t* result,
+                         int threads) {
+  if (head_dim != kHeadDim) return 1;
+  if (capacity % 16 || length < 1 || length > capacity) return 2;
+  if (groups > 64) return 3;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int work = 0; work < rows * kv_heads; ++work) {
+    const size_t base = static_cast<size_t>(work) * groups;  // (row, head)'s first query vector
+    alignas(64) float own_out[64][kHeadDim];
+    float own_lse[64];
+    const uint32_t* query_pairs[64];
+    float* outs[64];
+    float* lses[64];
+    for (int g = 0; g < groups; ++g) {
+      query_pairs[g] = reinterpret_cast<const uint32_t*>(query + (base + g) * head_dim);
+      outs[g] = own_out[g];
+      lses[g] = own_lse + g;
+    }
+    const size_t offset = static_cast<size_t>(work) * capacity * head_dim;
+    attend_chunk(keys + offset, values + offset, length < kMaxSize ? length : kMaxSize, query_pairs, groups, scale,
+                 outs, lses);
+    // Past kMaxSize tokens: the further pieces, merged into the first as they come.
+    for (int start = kMaxSize; start < length; start += kMaxSize) {
+      alignas(64) float piece_out[64][kHeadDim];
+      float piece_lse[64];
+      for (int g = 0; g < groups; ++g) {
+        outs[g] = piece_out[g];
+        lses[g] = piece_lse + g;
+      }
+      // Both layouts hold `start` keys (a multiple of 16) in start * head_dim entries.
+      const size_t piece = offset + static_cast<size_t>(start) * head_dim;
+      const int count = length - start < kMaxSize ? length - start : kMaxSize;
+      attend_chunk(keys + piece, values + piece, count, query_pairs, groups, scale, outs, lses);
+      for (int g = 0; g < groups; ++g) {
+        const float high = own_lse[g] > piece_lse[g] ? own_lse[g] : piece_lse[g];
+        const float total = high + logf(expf(own_lse[g] - high) + expf(piece_lse[g] - high));
+        const float a = expf(own_lse[g] - total), b = expf(piece_lse[g] - total);
+        for (int d = 0; d < kHeadDim; ++d) own_out[g][d] = a * own_out[g][d] + b * piece_out[g][d];
+        own_lse[g] = total;
+      }
+    }
+    for (int g = 0; g < groups; ++g) {
+      const size_t vector = base + g;
+      float total = own_lse[g];
+      for (int p = 0; p < parts; ++p) {
+        const float part = part_lse[p][vector];
+        const float high = total > part ? total : part, low = total > part ? part : total;
+        if (low != -INFINITY) total = high + log1pf(expf(low - high));
+      }
+      __m512 sum[4];
+      const __m512 own_weight = _mm512_set1_ps(expf(own_lse[g] - total));
+      for (int d = 0; d < 4; ++d) sum[d] = _mm512_mul_ps(own_weight, _mm512_load_ps(own_out[g] + 16 * d));
+      for (int p = 0; p < parts; ++p) {
+        const float lse = part_lse[p][vector];
+        if (lse == -INFINITY) continue;
+        const __m512 weight = _mm512_set1_ps(expf(lse - total));
+        const float* out = part_out[p] + vector * head_dim;
+        for (int d = 0; d < 4; ++d) sum[d] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(out + 16 * d), sum[d]);
+      }
+      uint16_t* target = result + vector * head_dim;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target), (__m256i)_mm512_cvtneps_pbh(sum[0]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 16), (__m256i)_mm512_cvtneps_pbh(sum[1]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 32), (__m256i)_mm512_cvtneps_pbh(sum[2]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 48), (__m256i)_mm512_cvtneps_pbh(sum[3]));
+    }
+  }
+  return 0;
+}
+
+}  // extern "C"

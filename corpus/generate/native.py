@@ -1,0 +1,130 @@
+"""The engine's native decode-attention kernel (`kernels/decode_attention.cpp`):
+compiled on first use with the machine's C++ compiler for this CPU, kept in a
+per-user cache keyed by the source, compiler and CPU, and loaded with ctypes.
+
+Optional by design: where there is no compiler, the CPU lacks AVX512-BF16, or
+`CORPUS_NATIVE_ATTENTION=0` is set, `decode_attention()` returns None and the
+engine keeps its torch path. Which path ran is part of the transformers
+backend's fingerprint (the two round differently), so cached samples of one are
+never served for the other.
+
+The library links the OpenMP runtime torch has already loaded (`libgomp.so.1`,
+same soname): one thread pool, not two competing for the cores.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+__all__ = ["DecodeKernels", "decode_attention", "kernel_status", "ENV_SWITCH"]
+
+ENV_SWITCH = "CORPUS_NATIVE_ATTENTION"
+_SOURCE = Path(__file__).with_name("kernels") / "decode_attention.cpp"
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno")
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "remedi-corpus" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    """The compiled library for this source, compiler and CPU: built once, atomically
+    (a temporary file renamed into place), so concurrent first uses are safe."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, " ".join(_FLAGS), platform.machine(),
+                                    _cpu_flags()]).encode()).hexdigest()[:16]
+    target = _cache_root() / f"decode_attention-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".decode_attention-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", temporary], capture_output=True, text=True,
+                       check=True)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return target
+
+
+_STATUS: dict[str, str] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _library():
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        _STATUS["reason"] = f"{ENV_SWITCH}=0"
+        return None
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        _STATUS["reason"] = "no C++ compiler (g++) on PATH"
+        return None
+    import torch  # noqa: F401  (loads the OpenMP runtime the library links to: one pool)
+
+    try:
+        library = ctypes.CDLL(str(_build(compiler)))
+    except subprocess.CalledProcessError as error:
+        reason = error.stderr.strip().splitlines()
+        _STATUS["reason"] = f"build failed: {reason[0] if reason else error}"
+        return None
+    except OSError as error:
+        _STATUS["reason"] = f"load failed: {error}"
+        return None
+    pointer, integer, real = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    level = library.corpus_level_attend
+    level.restype = integer
+    level.argtypes = [pointer, pointer, pointer, integer, integer, integer, integer, pointer, real, integer,
+                      pointer, pointer, pointer, integer, pointer, pointer, pointer, pointer, pointer, pointer,
+                      integer]
+    finish = library.corpus_decode_finish
+    finish.restype = integer
+    finish.argtypes = [pointer, pointer, integer, integer, integer, integer, integer, pointer, real, integer,
+                       integer, pointer, pointer, pointer, integer]
+    _STATUS["reason"] = "ok"
+    return DecodeKernels(level, finish)
+
+
+class DecodeKernels:
+    """The library's two entry points (see the source for their arguments):
+    `level` attends rows to a level's chunks of shared prompt KV; `finish` attends
+    them to their own generated tokens and merges every part into the output."""
+
+    def __init__(self, level, finish):
+        self.level, self.finish = level, finish
+
+    @staticmethod
+    def pointers(tensors) -> ctypes.Array:
+        """A C array of the tensors' data pointers (kept alive by the caller)."""
+        return (ctypes.c_void_p * max(1, len(tensors)))(*[t.data_ptr() for t in tensors])
+
+
+def decode_attention() -> DecodeKernels | None:
+    """The kernels, or None where they cannot run here (see kernel_status)."""
+    return _library()
+
+
+def kernel_status() -> str:
+    """'ok', or why the kernel is not in use."""
+    _library()
+    return _STATUS.get("reason", "not tried")
