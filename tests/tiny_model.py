@@ -35,9 +35,11 @@ CLINICAL_SENTENCES = [
 ]
 
 
-def build_tiny_model(tmp_dir: Path) -> Path:
+def build_tiny_model(tmp_dir: Path, hidden_size: int = 64, heads: int = 4, kv_heads: int = 2) -> Path:
     """Train the tokenizer, build a seeded random LlamaForCausalLM, save both
-    (with a ChatML chat template) under `tmp_dir / "tiny-llama"` and return it."""
+    (with a ChatML chat template) under `tmp_dir / "tiny-llama"` and return it.
+    The defaults give heads of 16 dimensions; hidden_size=128, heads=2 gives 64
+    (SmolLM2's head size, the native decode kernels' one)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -68,10 +70,10 @@ def build_tiny_model(tmp_dir: Path) -> Path:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=64,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         intermediate_size=128,
         vocab_size=len(tokenizer),
         max_position_embeddings=512,

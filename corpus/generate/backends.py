@@ -103,6 +103,14 @@ class TransformersGenerator(Generator):
         self.fingerprint["batching"] = {"max_rows": max_rows, "max_batch_tokens": max_batch_tokens}
         self._engine = hf_sampler
         self._model, self._tokenizer = hf_sampler.load_model(model_path, dtype=dtype, threads=threads)
+        # The native decode kernels and the torch path round differently: which one runs
+        # here decides the samples as much as the dtype does.
+        self.fingerprint["decode_attention"] = hf_sampler.decode_attention_path(self._model)
+        if self.fingerprint["decode_attention"] == "torch" and dtype == "bfloat16":
+            from corpus.generate import native
+
+            log.warning("native decode attention not in use (%s): sampling on the slower torch path",
+                        native.kernel_status())
         self._params = hf_sampler.SamplingParams(
             temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens
         )

@@ -102,6 +102,7 @@ __all__ = [
     "option_logprobs",
     "plan_batches",
     "prefill_plan",
+    "decode_attention_path",
     "resolve_dtype",
     "sample_all",
     "sample_batch",
@@ -112,7 +113,7 @@ ATTENTION_IMPLEMENTATION = "corpus_shared_prefix_sdpa"
 # Part of the transformers backend's fingerprint: bump it when a change of the
 # engine changes what it samples for the same seeds (batch plan, prefill,
 # numerics), so cached generations of the old engine are not mixed with new ones.
-ENGINE_REVISION = 4
+ENGINE_REVISION = 5
 # Keyword argument through which a decode step hands its cache to the attention function.
 _CACHE_KWARG = "corpus_decode_cache"
 # Keyword argument through which a prefill hands it its `_PrefillContext`.
@@ -513,6 +514,16 @@ class _KVLevel:
         if code:
             raise RuntimeError(f"decode attention kernel refused its arguments (code {code})")
         return out, lse
+
+
+def decode_attention_path(model) -> str:
+    """'native' where the engine's decode steps for `model` run the native kernels
+    (`_decode_kernels`), else 'torch'."""
+    weight = next(model.parameters())
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    like = weight.new_empty((0, 0, head_dim))
+    return "native" if _decode_kernels(like) is not None else "torch"
 
 
 def _decode_kernels(like):

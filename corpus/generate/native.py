@@ -68,43 +68,6 @@ def _build(compiler: str) -> Path:
     return target
 
 
-_STATUS: dict[str, str] = {}
-
-
-@functools.lru_cache(maxsize=1)
-def _library():
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        _STATUS["reason"] = f"{ENV_SWITCH}=0"
-        return None
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        _STATUS["reason"] = "no C++ compiler (g++) on PATH"
-        return None
-    import torch  # noqa: F401  (loads the OpenMP runtime the library links to: one pool)
-
-    try:
-        library = ctypes.CDLL(str(_build(compiler)))
-    except subprocess.CalledProcessError as error:
-        reason = error.stderr.strip().splitlines()
-        _STATUS["reason"] = f"build failed: {reason[0] if reason else error}"
-        return None
-    except OSError as error:
-        _STATUS["reason"] = f"load failed: {error}"
-        return None
-    pointer, integer, real = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    level = library.corpus_level_attend
-    level.restype = integer
-    level.argtypes = [pointer, pointer, pointer, integer, integer, integer, integer, pointer, real, integer,
-                      pointer, pointer, pointer, integer, pointer, pointer, pointer, pointer, pointer, pointer,
-                      integer]
-    finish = library.corpus_decode_finish
-    finish.restype = integer
-    finish.argtypes = [pointer, pointer, integer, integer, integer, integer, integer, pointer, real, integer,
-                       integer, pointer, pointer, pointer, integer]
-    _STATUS["reason"] = "ok"
-    return DecodeKernels(level, finish)
-
-
 class DecodeKernels:
     """The library's two entry points (see the source for their arguments):
     `level` attends rows to a level's chunks of shared prompt KV; `finish` attends
@@ -119,12 +82,42 @@ class DecodeKernels:
         return (ctypes.c_void_p * max(1, len(tensors)))(*[t.data_ptr() for t in tensors])
 
 
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[DecodeKernels | None, str]:
+    """(the kernels, 'ok') or (None, why not): tried once per process."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None, f"{ENV_SWITCH}=0"
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        return None, "no C++ compiler (g++) on PATH"
+    import torch  # noqa: F401  (loads the OpenMP runtime the library links to: one pool)
+
+    try:
+        library = ctypes.CDLL(str(_build(compiler)))
+    except subprocess.CalledProcessError as error:
+        lines = (error.stderr or "").strip().splitlines()
+        errors = [line for line in lines if "error" in line] or lines
+        return None, f"{compiler} failed: {errors[0] if errors else error}"
+    except OSError as error:
+        return None, f"cannot build or load the kernels: {error}"
+    pointer, integer, real = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    level = library.corpus_level_attend
+    level.restype = integer
+    level.argtypes = [pointer, pointer, pointer, integer, integer, integer, integer, pointer, real, integer,
+                      pointer, pointer, pointer, integer, pointer, pointer, pointer, pointer, pointer, pointer,
+                      integer]
+    finish = library.corpus_decode_finish
+    finish.restype = integer
+    finish.argtypes = [pointer, pointer, integer, integer, integer, integer, integer, pointer, real, integer,
+                       integer, pointer, pointer, pointer, integer]
+    return DecodeKernels(level, finish), "ok"
+
+
 def decode_attention() -> DecodeKernels | None:
     """The kernels, or None where they cannot run here (see kernel_status)."""
-    return _library()
+    return _load()[0]
 
 
 def kernel_status() -> str:
-    """'ok', or why the kernel is not in use."""
-    _library()
-    return _STATUS.get("reason", "not tried")
+    """'ok', or why the kernels are not in use."""
+    return _load()[1]
