@@ -199,3 +199,30 @@ def test_without_a_working_compiler_the_engine_keeps_the_torch_path(tmp_path, mo
     assert not any((tmp_path / "cache").rglob("*.so*"))  # no half-built library kept
     monkeypatch.setenv(native.ENV_SWITCH, "0")
     assert native._load.__wrapped__() == (None, f"{native.ENV_SWITCH}=0")
+
+
+def test_prefill_attention_with_the_native_causal_softmax_is_exact(kernels, monkeypatch):
+    """The blocked prefill attention (query blocks over the prefix and their own keys)
+    with the kernel's softmax, which masks each row's future itself."""
+    from corpus.generate import hf_sampler
+
+    monkeypatch.setattr(hf_sampler, "_BLOCK_ROWS", 48)  # several blocks, a ragged last one
+    generator = torch.Generator().manual_seed(6)
+    prefix, new, heads, kv_heads = 37, 130, 6, 2
+    query = torch.randn(1, heads, new, HEAD_DIM, generator=generator).bfloat16()
+    key = torch.randn(1, kv_heads, prefix + new, HEAD_DIM, generator=generator).bfloat16()
+    value = torch.randn(1, kv_heads, prefix + new, HEAD_DIM, generator=generator).bfloat16()
+    assert hf_sampler._decode_kernels(key[0]) is kernels
+    out = hf_sampler._blocked_causal_attention(query, key, value, prefix, 0.125)
+    groups = heads // kv_heads
+    position = prefix + torch.arange(new).unsqueeze(1)
+    for shift, close in ((0, True), (1, False)):  # the exact mask, then one future key leaking in
+        visible = torch.arange(prefix + new).unsqueeze(0) <= position + shift
+        expected, _ = reference_attention(query[0] * 0.125, key[0].repeat_interleave(groups, 0),
+                                          value[0].repeat_interleave(groups, 0), visible)
+        error = (out[0].transpose(0, 1).double() - expected).abs().max()
+        assert (error < 2e-2) if close else (error > 0.1)
+    # Through torch's softmax the same call gives the same attention, up to bf16 rounding.
+    monkeypatch.setattr(hf_sampler, "_decode_kernels", lambda like: None)
+    through_torch = hf_sampler._blocked_causal_attention(query, key, value, prefix, 0.125)
+    torch.testing.assert_close(out.float(), through_torch.float(), atol=2e-2, rtol=0)

@@ -842,15 +842,26 @@ def _blocked_causal_attention(query, key, value, prefix_length: int, scaling: fl
     q = (query[0] * scaling).view(kv_heads, groups, length, head_dim).transpose(1, 2).reshape(
         kv_heads, length * groups, head_dim)
     block = max(16, min(length, _BLOCK_ROWS, _BLOCK_SCORE_BYTES // (heads * keys.shape[-2] * query.element_size())))
-    future = _future_mask(block, groups)
+    # The native softmax masks the future itself and runs ~2x faster than torch's in
+    # bf16 (where the softmax was ~40 % of a long prompt's prefill).
+    kernels = _decode_kernels(keys)
+    future = None if kernels is not None else _future_mask(block, groups)
     out = torch.empty_like(q)
     for start in range(0, length, block):
         end = min(length, start + block)
         visible = prefix_length + end
         scores = torch.matmul(q[:, start * groups : end * groups], keys[:, :visible].transpose(-1, -2))
-        scores[:, :, prefix_length + start : visible].masked_fill_(future[: (end - start) * groups, : end - start],
-                                                                   float("-inf"))
-        torch.matmul(torch.softmax(scores, dim=-1), values[:, :visible], out=out[:, start * groups : end * groups])
+        if kernels is not None:
+            code = kernels.causal_softmax(scores.data_ptr(), kv_heads, (end - start) * groups, visible, groups,
+                                          prefix_length + start + 1, torch.get_num_threads())
+            if code:
+                raise RuntimeError(f"causal softmax kernel refused its arguments (code {code})")
+            probs = scores
+        else:
+            scores[:, :, prefix_length + start : visible].masked_fill_(
+                future[: (end - start) * groups, : end - start], float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+        torch.matmul(probs, values[:, :visible], out=out[:, start * groups : end * groups])
     return out.view(kv_heads, length, groups, head_dim).transpose(0, 1).reshape(1, length, heads, head_dim)
 
 

@@ -71,10 +71,11 @@ def _build(compiler: str) -> Path:
 class DecodeKernels:
     """The library's two entry points (see the source for their arguments):
     `level` attends rows to a level's chunks of shared prompt KV; `finish` attends
-    them to their own generated tokens and merges every part into the output."""
+    them to their own generated tokens and merges every part into the output;
+    `causal_softmax` normalises a prefill query block's scores in place."""
 
-    def __init__(self, level, finish):
-        self.level, self.finish = level, finish
+    def __init__(self, level, finish, causal_softmax):
+        self.level, self.finish, self.causal_softmax = level, finish, causal_softmax
 
     @staticmethod
     def pointers(tensors) -> ctypes.Array:
@@ -110,7 +111,10 @@ def _load() -> tuple[DecodeKernels | None, str]:
     finish.restype = integer
     finish.argtypes = [pointer, pointer, integer, integer, integer, integer, integer, pointer, real, integer,
                        integer, pointer, pointer, pointer, integer]
-    return DecodeKernels(level, finish), "ok"
+    softmax = library.corpus_causal_softmax
+    softmax.restype = integer
+    softmax.argtypes = [pointer, integer, integer, integer, integer, integer, integer]
+    return DecodeKernels(level, finish, softmax), "ok"
 
 
 def decode_attention() -> DecodeKernels | None:

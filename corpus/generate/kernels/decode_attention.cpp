@@ -23,6 +23,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <vector>
+
 #if !defined(__AVX512F__) || !defined(__AVX512BF16__) || !defined(__AVX512BW__)
 #error "needs AVX512F, AVX512BW and AVX512-BF16"
 #endif
@@ -263,6 +265,58 @@ int corpus_decode_finish(const uint16_t* keys, const uint16_t* values, int capac
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 32), (__m256i)_mm512_cvtneps_pbh(sum[2]));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 48), (__m256i)_mm512_cvtneps_pbh(sum[3]));
     }
+  }
+  return 0;
+}
+
+// Causal softmax in place over bf16 score rows, for the prefill's query blocks:
+// `heads` x `block_rows` rows of `columns` scores (row stride `columns`); row r of a
+// head sees its first `first_visible + r / groups` columns (the prefix and the block's
+// keys up to its own position), the rest become 0. fp32 inside, rounded to bf16 once.
+int corpus_causal_softmax(uint16_t* scores, int heads, int block_rows, int columns, int groups, int first_visible,
+                          int threads) {
+  if (groups < 1 || first_visible < 1) return 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int row = 0; row < heads * block_rows; ++row) {
+    uint16_t* s = scores + static_cast<size_t>(row) * columns;
+    int visible = first_visible + (row % block_rows) / groups;
+    if (visible > columns) visible = columns;
+    const int full = visible / 16 * 16;
+    const __mmask16 tail = static_cast<__mmask16>((1u << (visible - full)) - 1);
+    // bf16 -> fp32 is a 16-bit shift.
+    auto load = [&](int j, __mmask16 mask) {
+      __m256i half = _mm256_maskz_loadu_epi16(mask, s + j);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+    };
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < full; j += 16) best = _mm512_max_ps(best, load(j, 0xFFFF));
+    if (tail) best = _mm512_mask_max_ps(best, tail, best, load(full, tail));
+    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(best));
+    // The exponentials wait in fp32 (one per score, in this thread's buffer) for the sum.
+    static thread_local std::vector<float> exps;
+    if (exps.size() < static_cast<size_t>(full + 16)) exps.resize(full + 16);
+    float* e = exps.data();
+    __m512 total = _mm512_setzero_ps();
+    for (int j = 0; j < full; j += 16) {
+      __m512 x = exp_nonpositive(_mm512_sub_ps(load(j, 0xFFFF), shift));
+      _mm512_storeu_ps(e + j, x);
+      total = _mm512_add_ps(total, x);
+    }
+    if (tail) {
+      __m512 x = _mm512_maskz_mov_ps(tail, exp_nonpositive(_mm512_sub_ps(load(full, tail), shift)));
+      _mm512_storeu_ps(e + full, x);
+      total = _mm512_add_ps(total, x);
+    }
+    const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
+    for (int j = 0; j < full; j += 16) {
+      __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + j), inverse);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + j), (__m256i)_mm512_cvtneps_pbh(p));
+    }
+    if (tail) {
+      __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + full), inverse);
+      _mm256_mask_storeu_epi16(s + full, tail, (__m256i)_mm512_cvtneps_pbh(p));
+    }
+    if (visible < columns) memset(s + visible, 0, static_cast<size_t>(columns - visible) * sizeof(uint16_t));
   }
   return 0;
 }
