@@ -76,6 +76,18 @@ def test_level_kernel_is_exact_over_several_segments_per_row_and_after_keep(kern
     assert (out[4, 0].double() - truncated).abs().max() > 1e-2
 
 
+def test_level_kernel_takes_more_rows_per_chunk_than_one_piece(kernels):
+    """Rows past the kernel's piece of 1,024 query vectors per chunk (400 rows x 3 groups)."""
+    generator = torch.Generator().manual_seed(7)
+    keys, values = random_kv(generator, [100], 1), random_kv(generator, [100], 1)
+    rows = 400
+    level = _KVLevel(keys, values, [list(range(rows))], rows, kernels)
+    q = torch.randn(rows, 1, 3, HEAD_DIM, generator=generator).bfloat16()
+    out, lse = level.attend(0, q, 0.125)
+    checked = [0, 1, 340, 341, 342, 399]
+    check_rows(out[checked], lse[checked], q, 0.125, checked, [[0]] * rows, keys, values)
+
+
 def test_decode_cache_kernels_attend_to_prompt_segments_and_own_tokens_past_one_chunk(kernels):
     """Whole decode attention (levels, then each row's own tokens merged in, as bf16)
     against float64 over each row's prompt and generated keys, with more generated
