@@ -107,11 +107,11 @@ __all__ = [
     "SampleOutput",
     "SamplerStats",
     "SamplingParams",
+    "decode_attention_path",
     "load_model",
     "option_logprobs",
     "plan_batches",
     "prefill_plan",
-    "decode_attention_path",
     "resolve_dtype",
     "sample_all",
     "sample_batch",
@@ -380,7 +380,8 @@ class _KVLevel:
     ranges (`_slot_ranges`), each laid out with as many query slots per chunk as
     its busiest segment has rows (empty slots are zero queries whose output is
     dropped), and each row's partial results over all its chunks are merged by
-    log-sum-exp."""
+    log-sum-exp. With `kernels` (`native.DecodeKernels`), the KV is held in the
+    kernel's layouts and one kernel call per layer does all of that."""
 
     def __init__(self, segment_keys: list[list], segment_values: list[list], segment_rows: list[list[int]],
                  rows: int, kernels=None):
@@ -661,7 +662,9 @@ class _DecodeCache(DynamicCache):
     (`plan_segments`), each once: long ones in the first level, short ones (most
     often a question's own tail) in the second. A row attends to its prompt's
     segments and its own tokens, the parts merged by their log-sum-exp (the
-    split-softmax identity flash-decoding uses)."""
+    split-softmax identity flash-decoding uses). `kernels`: the native kernels
+    to use (`native.DecodeKernels`), False for the torch path, None to use them
+    where they run (`_decode_kernels`)."""
 
     def __init__(self, prompts: list[list[int]], prompt_keys: list[list], prompt_values: list[list],
                  row_jobs: list[int], capacity: int, kernels=None):
@@ -860,7 +863,7 @@ def _blocked_causal_attention(query, key, value, prefix_length: int, scaling: fl
         end = min(length, start + block)
         visible = prefix_length + end
         scores = torch.matmul(q[:, start * groups : end * groups], keys[:, :visible].transpose(-1, -2))
-        if kernels is not None:
+        if kernels is not None:  # in place: a fresh matmul output is contiguous
             code = kernels.causal_softmax(scores.data_ptr(), kv_heads, (end - start) * groups, visible, groups,
                                           prefix_length + start + 1, torch.get_num_threads())
             if code:
