@@ -20,7 +20,7 @@ from corpus.generate.hf_sampler import (
 from tests.test_hf_sampler import chat, reference_attention
 from tests.tiny_model import build_tiny_model
 
-HEAD_DIM = 64  # the kernels' head size (SmolLM2's)
+HEAD_DIM = 64  # SmolLM2's head size; the kernels also take 128
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,8 @@ def kernels():
     return built
 
 
-def random_kv(generator, lengths, kv_heads, layers=1):
-    return [[torch.randn(kv_heads, length, HEAD_DIM, generator=generator).bfloat16() for _ in range(layers)]
-            for length in lengths]
+def random_kv(generator, lengths, kv_heads, head_dim=HEAD_DIM):
+    return [[torch.randn(kv_heads, length, head_dim, generator=generator).bfloat16()] for length in lengths]
 
 
 def check_rows(out, lse, q, scale, rows, row_paths, keys, values):
@@ -54,17 +53,19 @@ def check_rows(out, lse, q, scale, rows, row_paths, keys, values):
             torch.testing.assert_close(lse[position, head].double(), expected_lse, atol=0, rtol=1e-5)
 
 
-def test_level_kernel_is_exact_over_several_segments_per_row_and_after_keep(kernels):
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_level_kernel_is_exact_over_several_segments_per_row_and_after_keep(kernels, head_dim):
     generator = torch.Generator().manual_seed(2)
     # Lengths off the chunk grid and off the 16-key blocks; one segment shorter than a block.
     lengths, kv_heads, groups = [40, 3000, 2000, 900, 7], 3, 3
-    keys, values = random_kv(generator, lengths, kv_heads), random_kv(generator, lengths, kv_heads)
+    keys = random_kv(generator, lengths, kv_heads, head_dim)
+    values = random_kv(generator, lengths, kv_heads, head_dim)
     # Segment 2 busy (more query vectors than the kernel's block of 6), rows over two
     # segments, one row over none.
     row_paths = [[0], [2], [2], [2], [2], [2], [2], [2], [2], [], [1, 2], [3], [0, 3], [4], [1, 4]]
     segment_rows = [[row for row, path in enumerate(row_paths) if segment in path] for segment in range(len(lengths))]
     level = _KVLevel(keys, values, segment_rows, len(row_paths), kernels)
-    q = torch.randn(len(row_paths), kv_heads, groups, HEAD_DIM, generator=generator).bfloat16()
+    q = torch.randn(len(row_paths), kv_heads, groups, head_dim, generator=generator).bfloat16()
     check_rows(*level.attend(0, q, 0.125), q, 0.125, range(len(row_paths)), row_paths, keys, values)
     kept = [0, 9, 11, 12, 13, 14]
     level.keep(kept)
@@ -88,7 +89,8 @@ def test_level_kernel_takes_more_rows_per_chunk_than_one_piece(kernels):
     check_rows(out[checked], lse[checked], q, 0.125, checked, [[0]] * rows, keys, values)
 
 
-def test_decode_cache_kernels_attend_to_prompt_segments_and_own_tokens_past_one_chunk(kernels):
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_decode_cache_kernels_attend_to_prompt_segments_and_own_tokens_past_one_chunk(kernels, head_dim):
     """Whole decode attention (levels, then each row's own tokens merged in, as bf16)
     against float64 over each row's prompt and generated keys, with more generated
     tokens than one 512-key piece."""
@@ -96,27 +98,28 @@ def test_decode_cache_kernels_attend_to_prompt_segments_and_own_tokens_past_one_
     kv_heads, groups, steps = 2, 4, 530
     shared = 700
     lengths = [shared + 50, shared + 40, 30]
-    keys, values = random_kv(generator, lengths, kv_heads), random_kv(generator, lengths, kv_heads)
+    keys = random_kv(generator, lengths, kv_heads, head_dim)
+    values = random_kv(generator, lengths, kv_heads, head_dim)
     for job in (1,):  # job 1 shares job 0's first `shared` tokens: their KV must be equal
         keys[job][0][:, :shared], values[job][0][:, :shared] = keys[0][0][:, :shared], values[0][0][:, :shared]
     prompts = [[1] * shared + [2] * 50, [1] * shared + [3] * 40, [4] * 30]
     row_jobs = [0, 0, 1, 2]
     cache = _DecodeCache(prompts, keys, values, row_jobs, steps, kernels=kernels)
     assert cache.kernels is kernels and all(level._kernels is kernels for level in cache.levels)
-    own_keys = torch.randn(len(row_jobs), kv_heads, steps, HEAD_DIM, generator=generator).bfloat16()
-    own_values = torch.randn(len(row_jobs), kv_heads, steps, HEAD_DIM, generator=generator).bfloat16()
+    own_keys = torch.randn(len(row_jobs), kv_heads, steps, head_dim, generator=generator).bfloat16()
+    own_values = torch.randn(len(row_jobs), kv_heads, steps, head_dim, generator=generator).bfloat16()
     for step in range(steps):
         key, value = own_keys[:, :, step : step + 1], own_values[:, :, step : step + 1]
         packed_keys, packed_values = cache.layers[0].update(key, value)
         if step not in (0, 15, 16, 511, 512, steps - 1):
             continue
-        query = torch.randn(len(row_jobs), kv_heads * groups, 1, HEAD_DIM, generator=generator).bfloat16()
+        query = torch.randn(len(row_jobs), kv_heads * groups, 1, head_dim, generator=generator).bfloat16()
         out = cache.attend(0, query, packed_keys, packed_values, 0.125)
-        assert out.dtype == torch.bfloat16 and out.shape == (len(row_jobs), 1, kv_heads * groups, HEAD_DIM)
+        assert out.dtype == torch.bfloat16 and out.shape == (len(row_jobs), 1, kv_heads * groups, head_dim)
         for row, job in enumerate(row_jobs):
             all_keys = torch.cat([keys[job][0], own_keys[row, :, : step + 1]], dim=1)
             all_values = torch.cat([values[job][0], own_values[row, :, : step + 1]], dim=1)
-            q = query[row, :, 0].view(kv_heads, groups, HEAD_DIM)
+            q = query[row, :, 0].view(kv_heads, groups, head_dim)
             for head in range(kv_heads):
                 expected, _ = reference_attention(q[head] * 0.125, all_keys[head], all_values[head],
                                                   torch.ones(groups, all_keys.shape[1], dtype=torch.bool))

@@ -536,11 +536,16 @@ def decode_attention_path(model) -> str:
     return "native" if _decode_kernels(like) is not None else "torch"
 
 
+# The head sizes the native kernels are compiled for (kernels/decode_attention.cpp).
+_KERNEL_HEAD_DIMS = (64, 128)
+
+
 def _decode_kernels(like):
     """The native decode-attention kernels (`native`) for a batch whose KV is like
-    `like`, or None (the torch path): bf16 on a CPU, head_dim 64, and the kernels
+    `like`, or None (the torch path): bf16 on a CPU, heads of 64 or 128 dimensions
+    (SmolLM2 and Qwen2.5-0.5B; Llama, Mistral, Qwen2.5-1.5B+), and the kernels
     built here."""
-    if like.dtype != torch.bfloat16 or like.device.type != "cpu" or like.shape[-1] != 64:
+    if like.dtype != torch.bfloat16 or like.device.type != "cpu" or like.shape[-1] not in _KERNEL_HEAD_DIMS:
         return None
     from corpus.generate import native
 

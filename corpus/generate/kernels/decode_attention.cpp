@@ -32,8 +32,14 @@
 namespace {
 
 constexpr int kMaxSize = 512;  // keys per chunk
-constexpr int kHeadDim = 64;
-constexpr int kBlock = 6;      // query vectors per pass: 6 x 4 accumulators + 4 values in 32 registers
+constexpr int kMaxGroups = 64;  // query heads per KV head, at most (corpus_decode_finish)
+
+// Query vectors per pass for a head size: their value accumulators (head_dim / 16
+// registers each) and one key pair's values must fit in the 32 vector registers.
+template <int HeadDim>
+constexpr int block_for() {
+  return HeadDim == 64 ? 6 : 3;
+}
 
 // exp(x) for x <= 0 (scores minus their maximum), fp32; 0 below -87.3.
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and a degree-6 polynomial:
@@ -61,8 +67,12 @@ inline __m512 exp_nonpositive(__m512 x) {
 
 // One (chunk, KV head): `count` query vectors (rows x groups, in that order) over the
 // chunk's first `length` keys. Writes each vector's normalised output and log-sum-exp.
+template <int HeadDim>
 void attend_chunk(const uint16_t* keys, const uint16_t* values, int length, const uint32_t* const* query_pairs,
                   int count, float scale, float* const* outs, float* const* lses) {
+  constexpr int kBlock = block_for<HeadDim>();
+  constexpr int kHeadDim = HeadDim;
+  constexpr int kVectors = HeadDim / 16;  // registers per fp32 row of head_dim
   alignas(64) float scores[kBlock][kMaxSize];
   alignas(64) uint16_t probs[kBlock][kMaxSize];
   const int key_blocks = (length + 15) / 16;
@@ -105,41 +115,35 @@ void attend_chunk(const uint16_t* keys, const uint16_t* values, int length, cons
       sums[m] = _mm512_reduce_add_ps(total);
     }
     // Values: 16 dimensions per register, one key pair per vdpbf16ps.
-    __m512 acc[kBlock][4];
+    __m512 acc[kBlock][kVectors];
     for (int m = 0; m < block; ++m)
-      for (int d = 0; d < 4; ++d) acc[m][d] = _mm512_setzero_ps();
+      for (int d = 0; d < kVectors; ++d) acc[m][d] = _mm512_setzero_ps();
     for (int pair = 0; pair < key_pairs; ++pair) {
       const uint16_t* value_pair = values + static_cast<size_t>(pair) * kHeadDim * 2;
-      __m512bh v[4];
-      for (int d = 0; d < 4; ++d) v[d] = (__m512bh)_mm512_loadu_si512(value_pair + d * 32);
+      __m512bh v[kVectors];
+      for (int d = 0; d < kVectors; ++d) v[d] = (__m512bh)_mm512_loadu_si512(value_pair + d * 32);
       for (int m = 0; m < block; ++m) {
         uint32_t p;
         memcpy(&p, probs[m] + 2 * pair, sizeof p);
         const __m512bh pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(p));
-        for (int d = 0; d < 4; ++d) acc[m][d] = _mm512_dpbf16_ps(acc[m][d], v[d], pp);
+        for (int d = 0; d < kVectors; ++d) acc[m][d] = _mm512_dpbf16_ps(acc[m][d], v[d], pp);
       }
     }
     for (int m = 0; m < block; ++m) {
       const __m512 inverse = _mm512_set1_ps(1.0f / sums[m]);
-      for (int d = 0; d < 4; ++d) _mm512_storeu_ps(outs[first + m] + d * 16, _mm512_mul_ps(acc[m][d], inverse));
+      for (int d = 0; d < kVectors; ++d) _mm512_storeu_ps(outs[first + m] + d * 16, _mm512_mul_ps(acc[m][d], inverse));
       *lses[first + m] = maxima[m] + logf(sums[m]);
     }
   }
 }
 
-}  // namespace
-
-extern "C" {
-
-// Returns 0, or a positive code for arguments the kernel does not take.
-int corpus_level_attend(const uint16_t* keys, const uint16_t* values, const int32_t* chunk_length, int size,
-                        int kv_heads, int groups, int head_dim, const uint16_t* query, float scale, int items,
-                        const int32_t* item_chunk, const int32_t* item_start, const int32_t* item_rows, int rows,
-                        const int32_t* row_start, const int32_t* row_entries, float* entry_out, float* entry_lse,
-                        float* out, float* lse, int threads) {
-  if (head_dim != kHeadDim) return 1;
-  if (size % 16 || size > kMaxSize) return 2;
-  if (groups < 1 || groups > 1024) return 3;
+template <int HeadDim>
+void level_attend(const uint16_t* keys, const uint16_t* values, const int32_t* chunk_length, int size, int kv_heads,
+                  int groups, const uint16_t* query, float scale, int items, const int32_t* item_chunk,
+                  const int32_t* item_start, const int32_t* item_rows, int rows, const int32_t* row_start,
+                  const int32_t* row_entries, float* entry_out, float* entry_lse, float* out, float* lse,
+                  int threads) {
+  constexpr int head_dim = HeadDim;
   const size_t chunk_stride = static_cast<size_t>(kv_heads) * size * head_dim;
   const int vectors_per_entry = kv_heads * groups;
   // Phase 1: every (chunk, KV head), its rows' query vectors at once.
@@ -168,7 +172,7 @@ int corpus_level_attend(const uint16_t* keys, const uint16_t* values, const int3
           lses[v] = entry_lse + slot;
         }
       }
-      attend_chunk(keys + offset, values + offset, chunk_length[chunk], query_pairs, v, scale, outs, lses);
+      attend_chunk<HeadDim>(keys + offset, values + offset, chunk_length[chunk], query_pairs, v, scale, outs, lses);
     }
   }
   // Phase 2: each row's entries merged by their log-sum-exps, in entry order.
@@ -193,7 +197,6 @@ int corpus_level_attend(const uint16_t* keys, const uint16_t* values, const int3
       }
     }
   }
-  return 0;
 }
 
 // Each row's attention over its own generated tokens (the first `length` of a
@@ -201,33 +204,31 @@ int corpus_level_attend(const uint16_t* keys, const uint16_t* values, const int3
 // with its `parts` partial results (out [rows][kv_heads][groups][head_dim], lse
 // [rows][kv_heads][groups], fp32; e.g. from corpus_level_attend) by log-sum-exp, and
 // written as bf16 to `result` [rows][kv_heads * groups][head_dim].
-int corpus_decode_finish(const uint16_t* keys, const uint16_t* values, int capacity, int length, int kv_heads,
-                         int groups, int head_dim, const uint16_t* query, float scale, int rows, int parts,
-                         const float* const* part_out, const float* const* part_lse, uint16_t* result,
-                         int threads) {
-  if (head_dim != kHeadDim) return 1;
-  if (capacity % 16 || length < 1 || length > capacity) return 2;
-  if (groups > 64) return 3;
+template <int HeadDim>
+void decode_finish(const uint16_t* keys, const uint16_t* values, int capacity, int length, int kv_heads, int groups,
+                   const uint16_t* query, float scale, int rows, int parts, const float* const* part_out,
+                   const float* const* part_lse, uint16_t* result, int threads) {
+  constexpr int head_dim = HeadDim, kHeadDim = HeadDim, kVectors = HeadDim / 16;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int work = 0; work < rows * kv_heads; ++work) {
     const size_t base = static_cast<size_t>(work) * groups;  // (row, head)'s first query vector
-    alignas(64) float own_out[64][kHeadDim];
-    float own_lse[64];
-    const uint32_t* query_pairs[64];
-    float* outs[64];
-    float* lses[64];
+    alignas(64) float own_out[kMaxGroups][kHeadDim];
+    float own_lse[kMaxGroups];
+    const uint32_t* query_pairs[kMaxGroups];
+    float* outs[kMaxGroups];
+    float* lses[kMaxGroups];
     for (int g = 0; g < groups; ++g) {
       query_pairs[g] = reinterpret_cast<const uint32_t*>(query + (base + g) * head_dim);
       outs[g] = own_out[g];
       lses[g] = own_lse + g;
     }
     const size_t offset = static_cast<size_t>(work) * capacity * head_dim;
-    attend_chunk(keys + offset, values + offset, length < kMaxSize ? length : kMaxSize, query_pairs, groups, scale,
-                 outs, lses);
+    attend_chunk<HeadDim>(keys + offset, values + offset, length < kMaxSize ? length : kMaxSize, query_pairs, groups,
+                          scale, outs, lses);
     // Past kMaxSize tokens: the further pieces, merged into the first as they come.
     for (int start = kMaxSize; start < length; start += kMaxSize) {
-      alignas(64) float piece_out[64][kHeadDim];
-      float piece_lse[64];
+      alignas(64) float piece_out[kMaxGroups][kHeadDim];
+      float piece_lse[kMaxGroups];
       for (int g = 0; g < groups; ++g) {
         outs[g] = piece_out[g];
         lses[g] = piece_lse + g;
@@ -235,7 +236,7 @@ int corpus_decode_finish(const uint16_t* keys, const uint16_t* values, int capac
       // Both layouts hold `start` keys (a multiple of 16) in start * head_dim entries.
       const size_t piece = offset + static_cast<size_t>(start) * head_dim;
       const int count = length - start < kMaxSize ? length - start : kMaxSize;
-      attend_chunk(keys + piece, values + piece, count, query_pairs, groups, scale, outs, lses);
+      attend_chunk<HeadDim>(keys + piece, values + piece, count, query_pairs, groups, scale, outs, lses);
       for (int g = 0; g < groups; ++g) {
         const float high = own_lse[g] > piece_lse[g] ? own_lse[g] : piece_lse[g];
         const float total = high + logf(expf(own_lse[g] - high) + expf(piece_lse[g] - high));
@@ -252,24 +253,69 @@ int corpus_decode_finish(const uint16_t* keys, const uint16_t* values, int capac
         const float high = total > part ? total : part, low = total > part ? part : total;
         if (low != -INFINITY) total = high + log1pf(expf(low - high));
       }
-      __m512 sum[4];
+      __m512 sum[kVectors];
       const __m512 own_weight = _mm512_set1_ps(expf(own_lse[g] - total));
-      for (int d = 0; d < 4; ++d) sum[d] = _mm512_mul_ps(own_weight, _mm512_load_ps(own_out[g] + 16 * d));
+      for (int d = 0; d < kVectors; ++d) sum[d] = _mm512_mul_ps(own_weight, _mm512_load_ps(own_out[g] + 16 * d));
       for (int p = 0; p < parts; ++p) {
         const float lse = part_lse[p][vector];
         if (lse == -INFINITY) continue;
         const __m512 weight = _mm512_set1_ps(expf(lse - total));
         const float* out = part_out[p] + vector * head_dim;
-        for (int d = 0; d < 4; ++d) sum[d] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(out + 16 * d), sum[d]);
+        for (int d = 0; d < kVectors; ++d) sum[d] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(out + 16 * d), sum[d]);
       }
       uint16_t* target = result + vector * head_dim;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target), (__m256i)_mm512_cvtneps_pbh(sum[0]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 16), (__m256i)_mm512_cvtneps_pbh(sum[1]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 32), (__m256i)_mm512_cvtneps_pbh(sum[2]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 48), (__m256i)_mm512_cvtneps_pbh(sum[3]));
+      for (int d = 0; d < kVectors; ++d)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(target + 16 * d), (__m256i)_mm512_cvtneps_pbh(sum[d]));
     }
   }
-  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Both entry points return 0, or a positive code for arguments they do not take.
+int corpus_level_attend(const uint16_t* keys, const uint16_t* values, const int32_t* chunk_length, int size,
+                        int kv_heads, int groups, int head_dim, const uint16_t* query, float scale, int items,
+                        const int32_t* item_chunk, const int32_t* item_start, const int32_t* item_rows, int rows,
+                        const int32_t* row_start, const int32_t* row_entries, float* entry_out, float* entry_lse,
+                        float* out, float* lse, int threads) {
+  if (size % 16 || size > kMaxSize) return 2;
+  if (groups < 1 || groups > 1024) return 3;
+  switch (head_dim) {
+    case 64:
+      level_attend<64>(keys, values, chunk_length, size, kv_heads, groups, query, scale, items, item_chunk, item_start,
+                       item_rows, rows, row_start, row_entries, entry_out, entry_lse, out, lse, threads);
+      return 0;
+    case 128:
+      level_attend<128>(keys, values, chunk_length, size, kv_heads, groups, query, scale, items, item_chunk,
+                        item_start, item_rows, rows, row_start, row_entries, entry_out, entry_lse, out, lse, threads);
+      return 0;
+    default:
+      return 1;
+  }
+}
+
+// Each row's attention over its own generated tokens, merged with its other parts
+// (see decode_finish).
+int corpus_decode_finish(const uint16_t* keys, const uint16_t* values, int capacity, int length, int kv_heads,
+                         int groups, int head_dim, const uint16_t* query, float scale, int rows, int parts,
+                         const float* const* part_out, const float* const* part_lse, uint16_t* result,
+                         int threads) {
+  if (capacity % 16 || length < 1 || length > capacity) return 2;
+  if (groups < 1 || groups > kMaxGroups) return 3;
+  switch (head_dim) {
+    case 64:
+      decode_finish<64>(keys, values, capacity, length, kv_heads, groups, query, scale, rows, parts, part_out,
+                        part_lse, result, threads);
+      return 0;
+    case 128:
+      decode_finish<128>(keys, values, capacity, length, kv_heads, groups, query, scale, rows, parts, part_out,
+                         part_lse, result, threads);
+      return 0;
+    default:
+      return 1;
+  }
 }
 
 // Causal softmax in place over bf16 score rows, for the prefill's query blocks:
