@@ -1,9 +1,12 @@
-"""The engine's native decode-attention kernel (`kernels/decode_attention.cpp`):
-compiled on first use with the machine's C++ compiler for this CPU, kept in a
-per-user cache keyed by the source, compiler and CPU, and loaded with ctypes.
+"""The engine's native attention kernels (`kernels/decode_attention.cpp`: decode
+attention, and the prefill's causal softmax): compiled on first use with the
+machine's C++ compiler for this CPU (`-march=native`, under a second), kept in
+a per-user cache keyed by the source, compiler and CPU flags, and loaded with
+ctypes.
 
-Optional by design: where there is no compiler, the CPU lacks AVX512-BF16, or
-`CORPUS_NATIVE_ATTENTION=0` is set, `decode_attention()` returns None and the
+Optional by design: where there is no compiler, the CPU lacks AVX512-BF16 (the
+source then stops the build with an #error), or `CORPUS_NATIVE_ATTENTION=0` is
+set, `decode_attention()` returns None, `kernel_status()` says why, and the
 engine keeps its torch path. Which path ran is part of the transformers
 backend's fingerprint (the two round differently), so cached samples of one are
 never served for the other.
@@ -99,7 +102,7 @@ def _load() -> tuple[DecodeKernels | None, str]:
         lines = (error.stderr or "").strip().splitlines()
         errors = [line for line in lines if "error" in line] or lines
         return None, f"{compiler} failed: {errors[0] if errors else error}"
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # RuntimeError: no home folder for the cache
         return None, f"cannot build or load the kernels: {error}"
     pointer, integer, real = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     level = library.corpus_level_attend
