@@ -17,7 +17,7 @@ from corpus.generate.hf_sampler import (
     load_model,
     sample_batch,
 )
-from tests.test_hf_sampler import chat, reference_attention
+from tests.test_hf_sampler import chat, check_level_rows, reference_attention
 from tests.tiny_model import build_tiny_model
 
 HEAD_DIM = 64  # SmolLM2's head size; the kernels also take 128
@@ -36,21 +36,8 @@ def random_kv(generator, lengths, kv_heads, head_dim=HEAD_DIM):
 
 
 def check_rows(out, lse, q, scale, rows, row_paths, keys, values):
-    """Each row's (out, lse) against float64 attention over its segments' keys, concatenated."""
-    kv_heads, groups = q.shape[1], q.shape[2]
-    for position, row in enumerate(rows):
-        if not row_paths[row]:
-            assert torch.all(out[position] == 0) and torch.all(lse[position] == float("-inf"))
-            continue
-        path_keys = torch.cat([keys[segment][0] for segment in row_paths[row]], dim=1)
-        path_values = torch.cat([values[segment][0] for segment in row_paths[row]], dim=1)
-        for head in range(kv_heads):
-            visible = torch.ones(groups, path_keys.shape[1], dtype=torch.bool)
-            expected, expected_lse = reference_attention(q[row, head] * scale, path_keys[head], path_values[head],
-                                                         visible)
-            # fp32 scores: far tighter than the torch path's bf16 scores (3e-2, 2**-8).
-            torch.testing.assert_close(out[position, head].double(), expected, atol=4e-3, rtol=0)
-            torch.testing.assert_close(lse[position, head].double(), expected_lse, atol=0, rtol=1e-5)
+    # fp32 scores: far tighter than the torch path's bf16 scores (3e-2, 2**-8).
+    check_level_rows(out, lse, q, scale, rows, row_paths, keys, values, atol=4e-3, lse_rtol=1e-5)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

@@ -434,6 +434,23 @@ def reference_attention(q, k, v, visible):
     return torch.softmax(scores, -1) @ v.double(), torch.logsumexp(scores, -1, keepdim=True)
 
 
+def check_level_rows(out, lse, q, scale, rows, row_paths, keys, values, atol: float, lse_rtol: float):
+    """A decode level's (out, lse) for `rows` against float64 attention over each
+    row's segments' keys, concatenated in path order (zeros and -inf for a row
+    without any). `keys`/`values`: per segment, a one-layer list of (kv_heads, len,
+    head_dim) tensors; `q` (rows, kv_heads, groups, head_dim)."""
+    for position, row in enumerate(rows):
+        if not row_paths[row]:
+            assert torch.all(out[position] == 0) and torch.all(lse[position] == float("-inf"))
+            continue
+        path_keys = torch.cat([keys[segment][0] for segment in row_paths[row]], dim=1)
+        path_values = torch.cat([values[segment][0] for segment in row_paths[row]], dim=1)
+        visible = torch.ones(q.shape[2], path_keys.shape[1], dtype=torch.bool)
+        expected, expected_lse = reference_attention(q[row] * scale, path_keys, path_values, visible)
+        torch.testing.assert_close(out[position].double(), expected, atol=atol, rtol=0)
+        torch.testing.assert_close(lse[position].double(), expected_lse, atol=0, rtol=lse_rtol)
+
+
 def test_blocked_bf16_prefill_attention_matches_exact_causal_attention_over_the_prefix(monkeypatch):
     from corpus.generate import hf_sampler
 
@@ -497,16 +514,8 @@ def test_decode_level_attention_over_several_segments_per_row_is_exact():
     q = torch.randn(len(row_paths), kv_heads, groups, dim, generator=generator).bfloat16()
 
     def check(out, lse, rows):
-        for position, row in enumerate(rows):
-            if not row_paths[row]:
-                assert torch.all(out[position] == 0) and torch.all(lse[position] == float("-inf"))
-                continue
-            path_keys = torch.cat([keys[segment][0] for segment in row_paths[row]], dim=1)
-            path_values = torch.cat([values[segment][0] for segment in row_paths[row]], dim=1)
-            visible = torch.ones(groups, path_keys.shape[1], dtype=torch.bool)
-            expected, expected_lse = reference_attention(q[row] * 0.25, path_keys, path_values, visible)
-            torch.testing.assert_close(out[position].double(), expected, atol=3e-2, rtol=0)
-            torch.testing.assert_close(lse[position].double(), expected_lse, atol=0, rtol=2**-8)
+        # bf16 scores: within bf16's rounding of the largest (its spacing is 2**-8 relative).
+        check_level_rows(out, lse, q, 0.25, rows, row_paths, keys, values, atol=3e-2, lse_rtol=2**-8)
 
     check(*level.attend(0, q, 0.25), range(len(row_paths)))
     # Retiring the busy segments' rows leaves calls around them (their 10 chunks are not
