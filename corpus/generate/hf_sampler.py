@@ -388,17 +388,14 @@ class _KVLevel:
         lengths = [keys[0].shape[-2] for keys in segment_keys]
         size = _chunk_size(lengths)
         self.chunk_segment = [segment for segment, length in enumerate(lengths) for _ in range(-(-length // size))]
-        starts = [chunk * size for length in lengths for chunk in range(-(-length // size))]
-        self.mask = None
-        if any(length % size for length in lengths):
-            self.mask = segment_keys[0][0].new_zeros((len(self.chunk_segment), 1, 1, size))
-            for chunk, (segment, start) in enumerate(zip(self.chunk_segment, starts)):
-                self.mask[chunk, ..., lengths[segment] - start :] = float("-inf")
+        # Keys per chunk: `size`, less the padding of a segment's last chunk.
+        chunk_length = [min(size, length - start) for length in lengths for start in range(0, length, size)]
         layers = range(len(segment_keys[0]))
         self.keys = [_chunk_stack([keys[layer] for keys in segment_keys], lengths, size) for layer in layers]
         self.values = [_chunk_stack([values[layer] for values in segment_values], lengths, size) for layer in layers]
         self.size = size
         self._kernels = kernels
+        self.mask = None  # the torch path's: -inf on each chunk's padding (the kernels read chunk_length)
         if kernels is not None:
             # The kernel's layouts (kernels/decode_attention.cpp): each 16 keys' dimension
             # pairs, each dimension's key pairs; the vdpbf16ps operands, loaded as they lie.
@@ -407,9 +404,11 @@ class _KVLevel:
                          .contiguous() for k in self.keys]
             self.values = [v.view(chunks, kv_heads, size // 2, 2, head_dim).permute(0, 1, 2, 4, 3).contiguous()
                            for v in self.values]
-            self.chunk_length = torch.tensor([min(size, lengths[segment] - start)
-                                              for segment, start in zip(self.chunk_segment, starts)],
-                                             dtype=torch.int32)
+            self.chunk_length = torch.tensor(chunk_length, dtype=torch.int32)
+        elif any(length < size for length in chunk_length):
+            self.mask = segment_keys[0][0].new_zeros((len(chunk_length), 1, 1, size))
+            for chunk, length in enumerate(chunk_length):
+                self.mask[chunk, ..., length:] = float("-inf")
         self.segment_rows = [sorted(set(members)) for members in segment_rows]
         self.rows = rows
         self._index_rows()
