@@ -65,6 +65,13 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), result);
 }
 
+// log(e^a + e^b): how partial results over two key sets merge (the split-softmax
+// identity). -inf (a part without keys, or no part yet) leaves the other.
+inline float log_add_exp(float a, float b) {
+  const float high = a > b ? a : b, low = a > b ? b : a;
+  return low == -INFINITY ? high : high + log1pf(expf(low - high));
+}
+
 // One (chunk, KV head): `count` query vectors (rows x groups, in that order) over the
 // chunk's first `length` keys. Writes each vector's normalised output and log-sum-exp.
 template <int HeadDim>
@@ -183,8 +190,7 @@ void level_attend(const uint16_t* keys, const uint16_t* values, const int32_t* c
       float total = -INFINITY;
       for (int e = row_start[row]; e < row_start[row + 1]; ++e) {
         const float part = entry_lse[static_cast<size_t>(row_entries[e]) * vectors_per_entry + vector];
-        const float high = total > part ? total : part, low = total > part ? part : total;
-        total = high + log1pf(expf(low - high));
+        total = log_add_exp(total, part);
       }
       for (int d = 0; d < head_dim; ++d) target[d] = 0.0f;
       lse[static_cast<size_t>(row) * vectors_per_entry + vector] = total;
@@ -238,8 +244,7 @@ void decode_finish(const uint16_t* keys, const uint16_t* values, int capacity, i
       const int count = length - start < kMaxSize ? length - start : kMaxSize;
       attend_chunk<HeadDim>(keys + piece, values + piece, count, query_pairs, groups, scale, outs, lses);
       for (int g = 0; g < groups; ++g) {
-        const float high = own_lse[g] > piece_lse[g] ? own_lse[g] : piece_lse[g];
-        const float total = high + logf(expf(own_lse[g] - high) + expf(piece_lse[g] - high));
+        const float total = log_add_exp(own_lse[g], piece_lse[g]);
         const float a = expf(own_lse[g] - total), b = expf(piece_lse[g] - total);
         for (int d = 0; d < kHeadDim; ++d) own_out[g][d] = a * own_out[g][d] + b * piece_out[g][d];
         own_lse[g] = total;
@@ -249,9 +254,7 @@ void decode_finish(const uint16_t* keys, const uint16_t* values, int capacity, i
       const size_t vector = base + g;
       float total = own_lse[g];
       for (int p = 0; p < parts; ++p) {
-        const float part = part_lse[p][vector];
-        const float high = total > part ? total : part, low = total > part ? part : total;
-        if (low != -INFINITY) total = high + log1pf(expf(low - high));
+        total = log_add_exp(total, part_lse[p][vector]);
       }
       __m512 sum[kVectors];
       const __m512 own_weight = _mm512_set1_ps(expf(own_lse[g] - total));
