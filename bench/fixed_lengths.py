@@ -50,11 +50,10 @@ def main() -> None:
 
     from corpus.generate import hf_sampler
 
-    model, tokenizer = hf_sampler.load_model(bench.DEFAULT_MODEL, dtype="auto")
-    questions = bench.select_questions(bench.DEFAULT_QUESTIONS, args.questions, "patients", 0)
-    jobs = [hf_sampler.PromptJob(bench.prompt_ids(tokenizer, q), [bench.seed_of(i, k) for k in range(4)])
-            for i, q in enumerate(questions)]
-    params = hf_sampler.SamplingParams(0.7, 0.95, 160)
+    # The benchmark's own workload: its defaults (set, k, sampling parameters) but for --questions.
+    bench_args = bench.build_parser().parse_args(["--questions", str(args.questions)])
+    model, tokenizer = hf_sampler.load_model(bench_args.model, dtype=bench_args.dtype)
+    _, jobs, params = bench.engine_workload(bench_args, tokenizer)
     drawn_so_far: dict[int, int] = {}  # tokens drawn per sample (by seed), when forcing lengths
     if args.lengths:
         _force_lengths(hf_sampler, drawn_so_far, json.loads(args.lengths.read_text()), hf_sampler.stop_token_ids(model, tokenizer),

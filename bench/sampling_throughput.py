@@ -136,6 +136,17 @@ def _set_prompts(args, tokenizer) -> list[list[int]]:
     return [prompt_ids(tokenizer, q) for q in questions]
 
 
+def engine_workload(args, tokenizer):
+    """(prompts, jobs, sampling parameters) of the engine run: the set's prompts,
+    each with its k seeds (`seed_of`). fixed_lengths.py reuses it."""
+    from corpus.generate.hf_sampler import PromptJob, SamplingParams
+
+    prompts = _set_prompts(args, tokenizer)
+    jobs = [PromptJob(prompt, [seed_of(i, k) for k in range(args.k)]) for i, prompt in enumerate(prompts)]
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    return prompts, jobs, params
+
+
 # --- workers (each runs in its own process) ---------------------------------------------
 
 
@@ -197,7 +208,6 @@ def run_engine(args) -> dict:
     from corpus.generate.hf_sampler import (
         PromptJob,
         SamplerStats,
-        SamplingParams,
         load_model,
         plan_batches,
         resolve_dtype,
@@ -205,9 +215,7 @@ def run_engine(args) -> dict:
     )
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, threads=args.threads or None)
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    prompts = _set_prompts(args, tokenizer)
-    jobs = [PromptJob(prompt, [seed_of(i, k) for k in range(args.k)]) for i, prompt in enumerate(prompts)]
+    prompts, jobs, params = engine_workload(args, tokenizer)
     subset = baseline_subset([len(p) for p in prompts], args.baseline_questions)
 
     def measure(selected: list[PromptJob]) -> dict:
@@ -317,7 +325,8 @@ def report(args, baselines: list[dict], engine: dict, split: dict) -> None:
                                    + "\n")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options and their defaults (fixed_lengths.py reads them too)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="HF model folder (converted if absent)")
     parser.add_argument("--data", type=Path, default=DEFAULT_QUESTIONS, help="train questions parquet")
@@ -337,7 +346,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--worker", choices=["baseline", "engine", "split"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-dtype", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     if not args.data.is_file():
         raise SystemExit(
