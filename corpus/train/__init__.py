@@ -1,0 +1,1 @@
+"""Training: TRL SFT, DPO and GRPO from the pipeline's pair files."""
