@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,101 @@ def demo_cohorts(tmp_path_factory, demo_warehouse, duckdb_config):
         )
         folders[convention] = root / "cohorts"
     return folders
+
+
+# --- the CPU the suite runs on ------------------------------------------------------------
+# Machines of two families run this suite (FACTS.md): AVX512-BF16 (Zen 4, Sapphire
+# Rapids) and AVX2 only (Zen 3). A test that needs a CPU feature skips where it is
+# missing and says which; the path such a CPU takes is forced and tested everywhere.
+
+# The flags that decide the sampler's path: bf16 compute ("auto" dtype), the native
+# kernels (kernels/decode_attention.cpp's #error), oneDNN's packed bf16 linears.
+DECIDING_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cpu_summary() -> str:
+    """'<model>: avx2 avx512f ... (lacks amx_bf16)': for skip reasons and reports."""
+    flags = cpu_flags()
+    have = [f for f in DECIDING_FLAGS if f in flags]
+    lacks = [f for f in DECIDING_FLAGS if f not in flags]
+    return f"{cpu_model()}: {' '.join(have) or 'none of ' + ', '.join(DECIDING_FLAGS)}" + (
+        f" (lacks {', '.join(lacks)})" if lacks else "")
+
+
+def requires_cpu_flags(*flags: str, why: str):
+    """Skip unless the CPU has every one of `flags`; the reason names what is missing."""
+    missing = [f for f in flags if f not in cpu_flags()]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(flags)} ({why}); this CPU lacks "
+                                                    f"{', '.join(missing)} [{cpu_summary()}]")
+
+
+@dataclass(frozen=True)
+class EnginePath:
+    """How the sampler runs in one variant of a test: `dtype` for load_model /
+    TransformersGenerator, `env` for a child process (the stage)."""
+
+    name: str
+    dtype: str
+    env: dict
+
+
+# The path of a CPU without AVX512-BF16, forced: float32 ("auto" there), the torch
+# attention (the kernels cannot build there), hence no packed bf16 linears either.
+FALLBACK_ENV = {"CORPUS_NATIVE_ATTENTION": "0"}
+
+
+@pytest.fixture(params=["cpu-default", "fallback"])
+def engine_path(request, monkeypatch):
+    """Each test that takes it runs twice: on the path this CPU picks by itself
+    (dtype auto, native kernels where they build) and on the fallback path, forced,
+    so that an AVX512 machine proves the AVX2 path too. Where the CPU's own path is
+    the fallback already, the second run would repeat the first: skipped."""
+    from corpus.generate import native
+    from corpus.generate.hf_sampler import resolve_dtype
+
+    if request.param == "cpu-default":
+        yield EnginePath("cpu-default", "auto", {})
+        return
+    if resolve_dtype("auto") == "float32" and native.decode_attention() is None:
+        pytest.skip(f"this CPU's own path is the fallback already (float32; kernels: {native.kernel_status()}) "
+                    f"[{cpu_summary()}]")
+    for name, value in FALLBACK_ENV.items():
+        monkeypatch.setenv(name, value)
+    native._load.cache_clear()  # the kernels are looked up once per process: again, with the switch
+    try:
+        yield EnginePath("fallback", "float32", dict(FALLBACK_ENV))
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def wide_tiny_model(tmp_path_factory) -> Path:
+    """The tiny test model with SmolLM2's head size (64, the native kernels' one):
+    2 query heads on 1 KV head."""
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("wide"), hidden_size=128, heads=2, kv_heads=1)

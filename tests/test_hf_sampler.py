@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,6 +21,7 @@ from corpus.generate.hf_sampler import (  # noqa: E402
     stop_token_ids,
 )
 from corpus.generate.parse import parse_answer  # noqa: E402
+from tests.conftest import REPO, cpu_flags, cpu_summary  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 
 SAMPLED = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=24)
@@ -391,30 +394,72 @@ def test_auto_dtype_is_bf16_only_where_the_cpu_multiplies_it_natively():
     if torch.cuda.is_available():
         pytest.skip("auto follows the GPU here")
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # torch's detection agrees with what the kernel lists (/proc/cpuinfo), on either family.
+    flags = cpu_flags()
+    if flags:
+        assert native == ("avx512_bf16" in flags or "amx_tile" in flags), cpu_summary()
     assert resolve_dtype("auto") == ("bfloat16" if native else "float32")
     assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
     with pytest.raises(ValueError, match="dtype must be one of"):
         resolve_dtype("fp8")
 
 
-def test_the_generator_fingerprint_names_the_dtype_that_runs(tiny):
+def test_the_generator_fingerprint_names_the_dtype_that_runs(tiny, engine_path):
     from corpus.errors import ConfigError
     from corpus.generate.backends import SamplingConfig, TransformersGenerator
     from corpus.generate.hf_sampler import ENGINE_REVISION, resolve_dtype
 
     folder, _, _ = tiny
-    auto = TransformersGenerator(folder, SamplingConfig(), "template", dtype="auto", threads=1)
-    assert auto.fingerprint["dtype"] == resolve_dtype("auto") != "auto"
-    assert next(auto._model.parameters()).dtype == getattr(torch, resolve_dtype("auto"))
-    assert auto.fingerprint["engine"] == ENGINE_REVISION
+    runs = resolve_dtype(engine_path.dtype)
+    generator = TransformersGenerator(folder, SamplingConfig(), "template", dtype=engine_path.dtype, threads=1)
+    assert generator.fingerprint["dtype"] == runs != "auto"
+    assert next(generator._model.parameters()).dtype == getattr(torch, runs)
+    assert generator.fingerprint["engine"] == ENGINE_REVISION
     # Another batch plan can change a sample's last bits: it is a different generator.
-    wider = TransformersGenerator(folder, SamplingConfig(), "template", dtype="auto", threads=1, max_rows=7)
-    assert wider.fingerprint["batching"]["max_rows"] == 7 and wider.fingerprint != auto.fingerprint
-    fp32 = TransformersGenerator(folder, SamplingConfig(), "template", dtype="float32", threads=1)
-    if resolve_dtype("auto") != "float32":
-        assert fp32.fingerprint != auto.fingerprint  # bf16 samples never answer an fp32 request
+    wider = TransformersGenerator(folder, SamplingConfig(), "template", dtype=engine_path.dtype, threads=1,
+                                  max_rows=7)
+    assert wider.fingerprint["batching"]["max_rows"] == 7 and wider.fingerprint != generator.fingerprint
+    # bf16 samples never answer an fp32 request, nor the other way round.
+    other = TransformersGenerator(folder, SamplingConfig(), "template", threads=1,
+                                  dtype="bfloat16" if runs == "float32" else "float32")
+    assert other.fingerprint != generator.fingerprint
     with pytest.raises(ConfigError, match="sample.transformers.dtype"):
         TransformersGenerator(folder, SamplingConfig(), "template", dtype="fp8")
+
+
+def test_the_generator_samples_reproducibly_on_each_path(wide_tiny_model, engine_path):
+    """Through the stage's interface, with SmolLM2's head size (so the kernels run
+    where they build): the fingerprint names the path that ran, two runs give the
+    same texts, and linears run packed only in bf16 where oneDNN has a bf16 path."""
+    from corpus.generate import native
+    from corpus.generate.backends import SampleRequest, SamplingConfig, TransformersGenerator
+    from corpus.generate.hf_sampler import resolve_dtype
+
+    generator = TransformersGenerator(wide_tiny_model, SamplingConfig(max_new_tokens=16), "template",
+                                      dtype=engine_path.dtype, threads=1)
+    runs = resolve_dtype(engine_path.dtype)
+    kernels = runs == "bfloat16" and native.decode_attention() is not None
+    assert generator.fingerprint["dtype"] == runs
+    assert generator.fingerprint["decode_attention"] == ("native" if kernels else "torch")
+    if engine_path.name == "fallback":
+        assert (runs, generator.fingerprint["decode_attention"]) == ("float32", "torch")
+    questions = ["Will the patient die in hospital? Answer Yes or No.", "How long will the stay last?"]
+    requests = [SampleRequest(key=f"{i}-{seed}", messages=({"role": "user", "content": q},), seed=seed)
+                for i, q in enumerate(questions) for seed in (1, 2)]
+
+    def run() -> dict:
+        finished = {}
+        for batch in generator.generate(requests, {r.key for r in requests}):
+            finished.update(batch)
+        return finished
+
+    first = run()
+    assert sorted(first) == sorted(r.key for r in requests)
+    assert all(g.new_tokens > 0 and g.finish_reason in ("eos", "length") for g in first.values())
+    assert run() == first
+    linears = [m for m in generator._model.modules() if type(m) is torch.nn.Linear]
+    packed = any(getattr(m, "_corpus_packed", None) is not None for m in linears)
+    assert packed == (runs == "bfloat16" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def test_bf16_sampling_with_shared_prefixes_is_reproducible(tiny, record_prompts):
@@ -558,7 +603,14 @@ def test_bf16_shared_prefix_prefill_is_close_to_a_full_bf16_prefill(tiny, record
                                        atol=0.02, rtol=0.02)
 
 
-def test_packed_bf16_linears_give_the_bits_of_f_linear_and_are_removed_after(tiny):
+def _onednn_bf16_reason() -> str:
+    return (f"oneDNN has no bf16 path here (it needs avx512bw, avx512vl and avx512dq, or avx_ne_convert; "
+            f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}) [{cpu_summary()}]")
+
+
+def test_bf16_linears_give_the_bits_of_f_linear_packed_or_not_and_are_restored_after(tiny):
+    """On every CPU: inside the block each bf16 linear gives F.linear's bits, packed
+    where oneDNN packs bf16 weights and left as it is where it cannot (AVX2 only)."""
     from corpus.generate import hf_sampler
 
     folder, _, _ = tiny
@@ -570,12 +622,54 @@ def test_packed_bf16_linears_give_the_bits_of_f_linear_and_are_removed_after(tin
         with hf_sampler._packed_linears(model):
             patched = [m for m in linears if "forward" in m.__dict__]
             got = linears[0](x)
-        if not torch.backends.mkldnn.is_available():
-            pytest.skip("no oneDNN: nothing is packed")
-        assert patched == linears  # every bf16 linear runs packed inside the block
         assert torch.equal(got, expected) and got.shape == (5, 7, linears[0].out_features)
+        assert patched in ([], linears)  # all or none: one CPU, one answer
         assert all("forward" not in m.__dict__ for m in linears)  # restored
         # float32 weights are never packed (oneDNN's fp32 path is not the one measured).
         fp32, _ = load_model(folder, dtype="float32", threads=1)
         with hf_sampler._packed_linears(fp32):
             assert all("forward" not in m.__dict__ for m in fp32.modules() if type(m) is torch.nn.Linear)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason=_onednn_bf16_reason())
+def test_every_bf16_linear_runs_packed_where_onednn_has_bf16(tiny):
+    from corpus.generate import hf_sampler
+
+    folder, _, _ = tiny
+    model, _ = load_model(folder, dtype="bfloat16", threads=1)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    with torch.inference_mode(), hf_sampler._packed_linears(model):
+        assert [m for m in linears if "forward" in m.__dict__] == linears
+
+
+# A child process whose oneDNN stops at AVX2 (ONEDNN_MAX_CPU_ISA), as on a Zen 3: it
+# cannot pack bf16 weights (reordering raises), so the engine must leave them be.
+AVX2_ONEDNN_CHILD = """
+import sys, torch
+from corpus.generate import hf_sampler
+from corpus.generate.hf_sampler import PromptJob, SamplingParams, load_model, sample_batch
+assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+model, tokenizer = load_model(sys.argv[1], dtype="bfloat16", threads=1)
+linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+x = torch.randn(3, linears[0].in_features).bfloat16()
+with torch.inference_mode():
+    expected = torch.nn.functional.linear(x, linears[0].weight, linears[0].bias)
+    with hf_sampler._packed_linears(model):
+        assert [m for m in linears if "forward" in m.__dict__] == []
+        assert torch.equal(linears[0](x), expected)
+jobs = [PromptJob(tokenizer("Will the patient die?")["input_ids"], [1, 2])]
+first = sample_batch(model, tokenizer, jobs, SamplingParams(max_new_tokens=8))
+assert first == sample_batch(model, tokenizer, jobs, SamplingParams(max_new_tokens=8))
+print("unpacked ok")
+"""
+
+
+def test_bf16_sampling_with_an_avx2_onednn_leaves_linears_unpacked(tiny):
+    import subprocess
+    import sys
+
+    folder, _, _ = tiny
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", AVX2_ONEDNN_CHILD, str(folder)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "unpacked ok" in done.stdout, done.stdout + done.stderr
