@@ -54,6 +54,15 @@ def cohorts(params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def registry(params: Path = ParamsOption) -> None:
+    """Build the registry table, one row per stay or patient, checked against its spec (stage `registry`)."""
+    from corpus.stages import run_registry
+
+    summary = _run(lambda: run_registry(params))
+    console.print_json(json.dumps(summary))
+
+
+@app.command()
 def questions(params: Path = ParamsOption) -> None:
     """Turn cohorts and registry rows into validated, patient-split question sets (stage `questions`)."""
     from corpus.stages import run_questions

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from corpus.cli import app
+from tests.conftest import REPO, SEPSIS
 
 
 def test_help_lists_every_command_with_a_description():
@@ -57,3 +59,39 @@ def test_leaks_command_writes_one_verdict_per_row(tmp_path):
     broken.write_text('{"rationale": "fine", "hint": "x"}\nnot json\n')
     result = CliRunner().invoke(app, ["leaks", "--input", str(broken), "--output", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 1 and not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.skipif(not (SEPSIS / "training_setB").is_dir(), reason=f"{SEPSIS}/training_setB not found")
+def test_registry_command_builds_the_registry_stage(tmp_path, monkeypatch):
+    """`corpus registry` runs stage `registry` by hand: a few real challenge stays in, the
+    typed parquet and the stage's summary out; a stay file with another header stops it
+    by name and leaves the finished table as it was."""
+    import json
+    import shutil
+
+    import polars as pl
+    import yaml
+
+    source = tmp_path / "stays"
+    source.mkdir()
+    stays = sorted((SEPSIS / "training_setB").glob("*.psv"))[:5]
+    for stay in stays:
+        shutil.copy(stay, source / stay.name)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"registry": {"source": str(source), "spec": str(REPO / "schemas/registry_sepsis.yaml"),
+                                                   "window_hours": 6}}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["registry", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])  # after the stage's log line
+    written = pl.read_parquet(tmp_path / "data/warehouse/registry.parquet")
+    assert summary["stays"] == written.height == 5 and summary["window_hours"] == 6
+    assert sorted(written["subject_id"].to_list()) == sorted(int(s.stem[1:]) for s in stays)
+    assert json.loads((tmp_path / "metrics/registry.json").read_text())["stays"] == 5
+
+    before = (tmp_path / "data/warehouse/registry.parquet").read_bytes()
+    header = stays[0].read_text().splitlines()[0]
+    (source / "p999999.psv").write_text(header.replace("Lactate", "Lactic") + "\n")
+    result = CliRunner().invoke(app, ["registry", "--params", str(params)])
+    assert result.exit_code == 1
+    assert (tmp_path / "data/warehouse/registry.parquet").read_bytes() == before
