@@ -47,6 +47,9 @@ def main() -> None:
     sys.path.insert(0, str(args.engine_repo))
     sys.path.insert(1, str(REPO / "bench"))
     import sampling_throughput as bench  # the set, prompts and seeds (this checkout's)
+    from cpu import cpu_report
+
+    print(cpu_report(), flush=True)  # figures differ by CPU family: say which one this is
 
     from corpus.generate import hf_sampler
 

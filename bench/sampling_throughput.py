@@ -54,6 +54,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cpu import cpu_info, cpu_report  # noqa: E402  (bench/: this script's folder)
+
 DEFAULT_MODEL = Path("/tmp/smollm2-base")
 DEFAULT_QUESTIONS = REPO / "data" / "questions" / "train.parquet"
 
@@ -285,6 +287,8 @@ def report(args, baselines: list[dict], engine: dict, split: dict) -> None:
     same, full = engine["same_questions"], engine["all_questions"]
     lengths = engine["prompt_lengths"]
     threads = args.threads or torch.get_num_threads()
+    cpu = cpu_info()
+    print(cpu_report(cpu))
     print(f"model {args.model}, engine dtype {engine['dtype']} ({threads} threads, {os.cpu_count()} CPUs), k={args.k}, "
           f"max_new_tokens={args.max_new_tokens}, temperature={args.temperature}, top_p={args.top_p}")
     data = args.data.relative_to(REPO) if args.data.is_relative_to(REPO) else args.data
@@ -321,7 +325,7 @@ def report(args, baselines: list[dict], engine: dict, split: dict) -> None:
     load = os.getloadavg()
     print(f"load average at the end (other processes share these CPUs): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"baselines": baselines, "engine": engine, "split": split}, indent=2)
+        Path(args.json).write_text(json.dumps({"cpu": cpu, "baselines": baselines, "engine": engine, "split": split}, indent=2)
                                    + "\n")
 
 
@@ -363,6 +367,7 @@ def main() -> None:
 
     from corpus.generate.hf_sampler import resolve_dtype
 
+    print(cpu_report(), flush=True)  # figures differ by CPU family: say which one this is first
     ensure_model(args.model)
     engine_dtype = resolve_dtype(args.dtype)
     print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
