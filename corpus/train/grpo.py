@@ -1,0 +1,322 @@
+"""RLVR option of the train stage: TRL's GRPOTrainer with a correct-answer reward.
+
+`train.method: grpo` trains the round's SFT model on the train questions with
+reinforcement learning from a verifiable reward (C-Reason, arXiv 2505.02722;
+EHRMIND's SFT warm-up then RLVR, arXiv 2505.24105): for every question the
+policy samples `num_generations` answers to the project's plain sampling
+prompt, each is scored 1 if the project's parser reads the gold option out of
+it and 0 otherwise (corpus/train/rewards.py), and GRPO pushes up the answers
+that beat their group's mean. No pair file is used: the reward replaces the
+preference data.
+
+The model folder is written atomically: training runs in a scratch folder
+that is deleted whatever happens, and the final weights and tokenizer are
+renamed into `out_dir` only once complete (corpus/atomic.py), so a failed run
+leaves no half-written model and keeps the previous one.
+
+TRL 1.16 specifics that shape this module (read from trl/trainer/grpo_config.py):
+
+* `per_device_train_batch_size` counts completions, not prompts. The
+  generation batch (per-device batch x processes x gradient accumulation
+  steps, by default) must be a whole number of prompt groups: divisible by
+  `num_generations`. Each optimizer step sees that many completions, i.e.
+  generation batch / num_generations distinct questions.
+* `num_generations` must be at least 2 (a group of one has no advantage).
+* GRPOConfig defaults to bf16=True and gradient_checkpointing=True; on CPU
+  bf16 is off (it fails or crawls there) and checkpointing is a setting.
+* There is no prompt truncation in GRPO (no `max_prompt_length`): prompts go in
+  whole, so the CPU profile keeps them short through its question caps.
+* With beta = 0 (TRL's default) no reference model is loaded at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from corpus.atomic import atomic_dir
+from corpus.generate.prompts import question_messages, sampling_template
+from corpus.train.rewards import correct_answer_reward
+
+__all__ = ["GRPOSettings", "grpo_dataset", "train_grpo"]
+
+log = logging.getLogger(__name__)
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+SCALE_REWARDS = ("group", "batch", "none")
+# Per-step figures kept from TRL's log for the summary and loss-curve plots:
+# summary name -> TRL's log key.
+LOGGED = {
+    "loss": "loss",
+    "reward": "reward",
+    "reward_std": "reward_std",
+    "frac_reward_zero_std": "frac_reward_zero_std",
+    "completion_length": "completions/mean_length",
+    "learning_rate": "learning_rate",
+    "kl": "kl",
+}
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    """Every GRPO knob the pipeline sets; one params.yaml key each (`train.grpo.<field>`).
+
+    Defaults are the CPU demo profile (SmolLM2-135M in float32 on 2 cores).
+    Full-scale notes: DeepSeek-R1-style RLVR runs (and TRL's own defaults,
+    written for them) use 8-16 generations per prompt, learning rate 1e-6,
+    beta 0 to 1e-3 and completions of 1-4 K tokens on GPUs with vLLM. C-Reason
+    trained Phi-4 (14B) with RL on registry questions; EHRMIND a 3B model with
+    GRPO after an SFT warm-up. Their exact step counts, group sizes and batch
+    sizes are not restated here: this project has not verified them.
+    """
+
+    # Optimizer steps. Each step generates (per_device_train_batch_size x
+    # gradient_accumulation_steps) completions: the whole cost of a step.
+    max_steps: int = 4
+    # Completions sampled per question (the "group" GRPO normalises over). At
+    # least 2; TRL's default and common full-scale value 8, DeepSeek-R1 16.
+    # A binary reward needs a group with both 0s and 1s to give any gradient,
+    # so small groups waste more steps on all-correct or all-wrong questions.
+    num_generations: int = 4
+    # Completions (not prompts) per device per forward/backward. With gradient
+    # accumulation, their product must be divisible by num_generations.
+    per_device_train_batch_size: int = 4
+    # Micro-batches per optimizer step; GPU runs reach an effective batch of
+    # 16+ questions x num_generations this way.
+    gradient_accumulation_steps: int = 1
+    # Generated tokens per completion. The answer must fit in it: a rationale
+    # cut before its \boxed{} scores 0. 128 on CPU; full-scale 1024-4096.
+    max_completion_length: int = 128
+    # AdamW learning rate. 1e-6 is TRL's GRPO default and the usual RLVR value
+    # (an order below SFT's 5e-6: RL updates are noisy).
+    learning_rate: float = 1e-6
+    # KL penalty to the starting (SFT) model. 0 skips the reference model
+    # (TRL's default, DAPO / Dr. GRPO); DeepSeek-R1 used 1e-3, the original
+    # GRPO 0.04. Set it > 0 to keep the policy near the SFT rationale style.
+    beta: float = 0.0
+    # Loss aggregation over tokens: TRL's default "dapo" normalises by the
+    # active tokens of the global batch (no length bias); "grpo" is the
+    # original per-sequence mean; "dr_grpo" a constant. See LOSS_TYPES.
+    loss_type: str = "dapo"
+    # Reward scaling in the advantage: "group" (GRPO, divide by the group's
+    # std), "batch", or "none" (Dr. GRPO: no question-difficulty bias).
+    scale_rewards: str = "group"
+    # PPO-style clip range of the importance ratio (TRL default 0.2; DAPO
+    # raises the upper side to 0.28 with epsilon_high, not exposed here).
+    epsilon: float = 0.2
+    # Optimisation passes over each generated batch (mu). 1 = on-policy, the
+    # clip then never binds; >1 reuses generations.
+    num_iterations: int = 1
+    # Sampling of the completions: the project's own sampling stage uses
+    # temperature 0.7, top_p 0.95, so RL explores around what the corpus saw.
+    temperature: float = 0.7
+    top_p: float = 0.95
+    # Log every step: the summary's log_history is the loss/reward curve.
+    logging_steps: int = 1
+    # Recompute activations in the backward pass: saves memory, costs ~30% of
+    # the step time. Off for small CPU models; on for 7B on GPU.
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+                    "max_completion_length", "num_iterations", "logging_steps")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"train.grpo.{name}: expected a positive integer, found {getattr(self, name)!r}")
+        if self.num_generations < 2:
+            raise ValueError(
+                f"train.grpo.num_generations: expected at least 2 (GRPO's advantage compares a completion with its "
+                f"group), found {self.num_generations}"
+            )
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"train.grpo.loss_type: expected one of {LOSS_TYPES}, found {self.loss_type!r}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"train.grpo.scale_rewards: expected one of {SCALE_REWARDS}, found {self.scale_rewards!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"train.grpo.top_p: expected a value in (0, 1], found {self.top_p!r}")
+        if self.temperature <= 0.0:
+            raise ValueError(f"train.grpo.temperature: expected a positive value (GRPO samples), found {self.temperature!r}")
+        if self.learning_rate <= 0.0 or self.beta < 0.0 or self.epsilon <= 0.0:
+            raise ValueError(
+                f"train.grpo: expected learning_rate > 0, beta >= 0, epsilon > 0; found "
+                f"{self.learning_rate!r}, {self.beta!r}, {self.epsilon!r}"
+            )
+
+    def check_batch(self, processes: int = 1) -> None:
+        """TRL's rule, said in this project's param names: a generation batch holds whole prompt groups."""
+        completions = self.per_device_train_batch_size * processes * self.gradient_accumulation_steps
+        if completions % self.num_generations:
+            raise ValueError(
+                f"train.grpo: per_device_train_batch_size ({self.per_device_train_batch_size}) x processes "
+                f"({processes}) x gradient_accumulation_steps ({self.gradient_accumulation_steps}) = {completions} "
+                f"completions per step, which is not a multiple of num_generations ({self.num_generations}); "
+                f"TRL 1.16 needs whole groups of num_generations completions per question"
+            )
+
+    def questions_per_step(self, processes: int = 1) -> int:
+        return self.per_device_train_batch_size * processes * self.gradient_accumulation_steps // self.num_generations
+
+
+def grpo_dataset(questions: list[dict]):
+    """A TRL prompt-only dataset: the plain sampling prompt (conversational) plus the reward's columns.
+
+    `answer` and `options` reach correct_answer_reward as keyword arguments;
+    `question_id` travels along for traceability (TRL passes it too, unused).
+    """
+    from datasets import Dataset
+
+    if not questions:
+        raise ValueError("train_grpo: no questions to train on (expected the train split's question records)")
+    template = sampling_template()
+    rows = []
+    for question in questions:
+        options = list(question["options"])
+        if question["answer"] not in options:
+            raise ValueError(f"question {question.get('id')}: answer {question['answer']!r} is not among {options!r}")
+        rows.append(
+            {
+                "prompt": question_messages(question, template),
+                "answer": question["answer"],
+                "options": options,
+                "question_id": question["id"],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def _grpo_config(settings: GRPOSettings, output_dir: Path, *, seed: int, cpu: bool):
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        learning_rate=settings.learning_rate,
+        beta=settings.beta,
+        loss_type=settings.loss_type,
+        scale_rewards=settings.scale_rewards,
+        epsilon=settings.epsilon,
+        num_iterations=settings.num_iterations,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        logging_steps=settings.logging_steps,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        # GRPOConfig defaults to bf16=True, which fails on CPU (FACTS.md, TRL 1.16).
+        use_cpu=cpu,
+        bf16=not cpu,
+        # The pipeline owns checkpoints (out_dir, DVC) and metrics (the summary):
+        # nothing is saved mid-run, nothing is reported anywhere.
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        log_completions=False,
+        # Same inputs and seed, same run: sampling, shuffling and init all seeded.
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
+def _finite(value: Any) -> float | None:
+    """A logged figure as a JSON-safe float (TRL logs None or NaN for a metric it could not compute)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _step_logs(log_history: list[dict]) -> list[dict]:
+    """TRL's per-step log entries (those with a training loss), reduced to the summary's figures."""
+    steps = []
+    for entry in log_history:
+        if "loss" not in entry or "step" not in entry:
+            continue  # the end-of-training entry carries train_loss / train_runtime instead
+        row = {"step": int(entry["step"])}
+        row.update({name: _finite(entry.get(key)) for name, key in LOGGED.items() if key in entry})
+        steps.append(row)
+    return steps
+
+
+def train_grpo(
+    model_dir: Path,
+    questions: list[dict],
+    out_dir: Path,
+    settings: GRPOSettings,
+    *,
+    seed: int,
+    cpu: bool = True,
+) -> dict:
+    """Train `model_dir` (a Hugging Face folder, the round's SFT model) with GRPO on `questions`.
+
+    Saves the final model and its tokenizer to `out_dir` (atomically; loadable
+    with from_pretrained by every generator backend) and returns a summary:
+    steps, final_loss, reward_first / reward_last (the first and last logged
+    mean rewards), seconds, and log_history (one dict per logged step: step,
+    loss, reward, reward_std, frac_reward_zero_std, completion_length,
+    learning_rate) for loss-curve plots.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    settings.check_batch()
+    dataset = grpo_dataset(questions)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    # float32 on CPU: bf16 matmuls are emulated (slow) on AVX2-only CPUs.
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if cpu else torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # TRL writes run files (and would write checkpoints) under output_dir: a scratch
+    # sibling of out_dir, removed whatever happens, so out_dir holds only the model.
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.grpo-run-", dir=out_dir.parent) as scratch:
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[correct_answer_reward],
+            args=_grpo_config(settings, Path(scratch), seed=seed, cpu=cpu),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        result = trainer.train()
+        trained = trainer.model
+        # Gradient checkpointing turns the KV cache off in the config; the saved
+        # model is for generation, where the cache is what makes sampling fast.
+        trained.config.use_cache = True
+        with atomic_dir(out_dir) as folder:
+            # save_pretrained, not trainer.save_model: the latter adds training_args.bin,
+            # a pickle holding the scratch path, so the same run would hash differently.
+            trained.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+        log_history = list(trainer.state.log_history)
+        global_step = int(trainer.state.global_step)
+    seconds = time.perf_counter() - started
+
+    steps = _step_logs(log_history)
+    rewards = [row["reward"] for row in steps if row.get("reward") is not None]
+    summary = {
+        "method": "grpo",
+        "model": str(model_dir),
+        "questions": len(questions),
+        "questions_per_step": settings.questions_per_step(),
+        "steps": global_step,
+        "final_loss": steps[-1]["loss"] if steps else _finite(result.training_loss),
+        "train_loss": _finite(result.training_loss),
+        "reward_first": rewards[0] if rewards else None,
+        "reward_last": rewards[-1] if rewards else None,
+        "seconds": round(seconds, 3),
+        "settings": asdict(settings),
+        "seed": seed,
+        "log_history": steps,
+    }
+    log.info("GRPO: %d steps in %.1f s, reward %s -> %s, saved to %s", global_step, seconds,
+             summary["reward_first"], summary["reward_last"], out_dir)
+    return summary
