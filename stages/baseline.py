@@ -2,7 +2,7 @@
 
 from _entry import main
 
-from corpus.baseline import run_baseline
+from corpus.baseline.stage import run_baseline
 
 if __name__ == "__main__":
     main(run_baseline)
