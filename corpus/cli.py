@@ -41,7 +41,8 @@ def ingest(params: Path = ParamsOption) -> None:
     from corpus.stages import INGEST_REPORT, run_ingest
 
     report = _run(lambda: run_ingest(params))
-    console.print(f"wrote data/warehouse/mimic/ and {INGEST_REPORT}: {report['rows_excluded_total']} row(s) excluded")
+    console.print(f"wrote data/warehouse/mimic/ and {INGEST_REPORT}: {report['rows_excluded_total']} row(s) excluded, "
+                  f"{report['invalid_values_total']} invalid value(s) kept as null")
 
 
 @app.command()

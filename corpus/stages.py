@@ -38,6 +38,10 @@ REGISTRY_SUMMARY = Path("metrics/registry.json")
 QUESTIONS = Path("data/questions")
 QUESTIONS_SUMMARY = Path("metrics/questions.json")
 BASE_MODEL = Path("models/base")
+# Beside each stage's DVC metrics (the few headline figures): its detailed
+# statistics (not metrics) and its plot data (dvc.yaml `plots:`).
+DETAILS = Path("metrics/details")
+PLOTS = Path("metrics/plots")
 
 
 def round_dir(round_: int) -> Path:
@@ -54,6 +58,7 @@ def run_ingest(params_path: Path = Path("params.yaml")) -> dict:
         report_path=INGEST_REPORT,
         db=duckdb_config(params),
         progress=lambda table: log.info("ingest %s", table),
+        details_path=DETAILS / "ingest.json",
     )
     for table, entry in report["tables"].items():
         if entry["rows_excluded"]:

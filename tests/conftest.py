@@ -36,7 +36,8 @@ def demo_warehouse(tmp_path_factory, duckdb_config) -> Path:
     from corpus.ingest.mimic import ingest_mimic
 
     root = tmp_path_factory.mktemp("warehouse")
-    ingest_mimic(DEMO, TABLE_SPEC, root / "mimic", root / "ingest_report.json", duckdb_config)
+    ingest_mimic(DEMO, TABLE_SPEC, root / "mimic", root / "ingest_report.json", duckdb_config,
+                 details_path=root / "ingest_details.json")
     return root / "mimic"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -53,15 +54,18 @@ def _assert_no_output(out_root: Path) -> None:
 
 
 def test_demo_ingest_counts_every_row(demo_warehouse):
-    report = json.loads((demo_warehouse.parent / "ingest_report.json").read_text())
+    # The DVC metrics file: headline counts only; the per-table counts sit beside it.
+    headline = json.loads((demo_warehouse.parent / "ingest_report.json").read_text())
+    assert headline == {"rows_excluded": 0, "invalid_values": 0, "excluded": {}}
+    report = json.loads((demo_warehouse.parent / "ingest_details.json").read_text())
     for table, entry in report["tables"].items():
         folder = "icu" if table in ("icustays", "d_items") else "hosp"
         source_rows = pl.scan_csv(DEMO / folder / f"{table}.csv.gz", infer_schema=False).select(pl.len()).collect().item()
         assert entry["rows_read"] == source_rows, table
         assert entry["rows_written"] == pl.read_parquet(demo_warehouse / f"{table}.parquet").height
-    assert report["rows_excluded_total"] == 0
-    # chartevents is absent from the demo: a warning, counted, never a crash.
-    assert report["missing_optional_tables"] == 1
+    assert report["rows_excluded_total"] == 0 and report["invalid_values_total"] == 0
+    # chartevents is absent from the demo: a warning, listed, never a crash.
+    assert report["missing_optional_tables"] == ["chartevents"]
     manifest = json.loads((demo_warehouse / "manifest.json").read_text())
     assert manifest["missing_optional_tables"] == ["chartevents"]
 
@@ -119,7 +123,7 @@ def test_duplicate_hadm_id_excludes_every_copy(demo_copy, tmp_path, duckdb_confi
     assert report["tables"]["admissions"]["rows_written"] == changed.height - 2
 
 
-def test_unknown_patient_and_null_key_and_bad_value(demo_copy, tmp_path, duckdb_config):
+def test_unknown_patient_and_null_key_and_bad_values(demo_copy, tmp_path, duckdb_config, caplog):
     def damage(frame: pl.DataFrame) -> pl.DataFrame:
         row = pl.int_range(pl.len())
         return frame.with_columns(
@@ -127,13 +131,103 @@ def test_unknown_patient_and_null_key_and_bad_value(demo_copy, tmp_path, duckdb_
             pl.when(row == 2).then(pl.lit(None)).otherwise(pl.col("hadm_id")).alias("hadm_id"),
             pl.when(row == 3).then(pl.lit("maybe")).otherwise(pl.col("hospital_expire_flag"))
             .alias("hospital_expire_flag"),
+            pl.when(row == 4).then(pl.lit("not a time")).otherwise(pl.col("deathtime")).alias("deathtime"),
         )
 
-    _rewrite(demo_copy, "admissions", damage)
+    changed = _rewrite(demo_copy, "admissions", damage)
     report = _run(demo_copy, tmp_path / "out", duckdb_config)
-    assert report["tables"]["admissions"]["excluded"] == {"null hadm_id": 1, "unknown subject_id": 1}
-    # A value that does not parse as its type is counted, the row kept with a null.
-    assert report["tables"]["admissions"]["invalid_values"] == {"hospital_expire_flag": 1}
+    # The mortality label's column does not parse: the row goes (a null would read as survival).
+    assert report["tables"]["admissions"]["excluded"] == {
+        "hospital_expire_flag does not parse as INTEGER": 1, "null hadm_id": 1, "unknown subject_id": 1}
+    # A value that does not parse in a column no cohort reads is kept as null, counted and logged.
+    assert report["tables"]["admissions"]["invalid_values"] == {"deathtime": 1}
+    assert report["invalid_values_total"] == 1
+    kept = pl.read_parquet(tmp_path / "out/mimic/admissions.parquet")
+    assert kept.filter(pl.col("hadm_id") == int(changed["hadm_id"][4]))["deathtime"].to_list() == [None]
+    assert any("admissions.csv" in r.getMessage() and "deathtime" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+
+
+def _write_gz(path: Path, frame: pl.DataFrame) -> None:
+    """`frame` as the demo ships its tables: a gzipped csv under the same name."""
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as handle:
+        handle.write(frame.write_csv())
+
+
+def test_required_table_with_a_header_only_stops_ingest_naming_the_file(demo_copy, tmp_path, duckdb_config):
+    path = demo_copy / "hosp/admissions.csv.gz"
+    _write_gz(path, pl.read_csv(path, infer_schema=False).head(0))
+    with pytest.raises(SourceError) as error:
+        _run(demo_copy, tmp_path / "out", duckdb_config)
+    assert str(error.value) == (f"{path}: required table admissions has no rows (a header only): "
+                                "nothing to build on")
+    _assert_no_output(tmp_path / "out")
+
+
+def test_unparseable_icd_version_excludes_the_rows_with_a_reason(demo_copy, tmp_path, monkeypatch):
+    """Five icd_version values "nine" in diagnoses_icd.csv.gz: through `corpus ingest`,
+    the rows are excluded (their diagnosis could not be named), kept in excluded/ with
+    their source row, counted per table and reason, and the summary line says so."""
+    from typer.testing import CliRunner
+
+    from corpus.cli import app
+
+    path = demo_copy / "hosp/diagnoses_icd.csv.gz"
+    frame = pl.read_csv(path, infer_schema=False)
+    bad_rows = [0, 1, 1000, 2500, frame.height - 1]
+    _write_gz(path, frame.with_columns(
+        pl.when(pl.int_range(pl.len()).is_in(bad_rows)).then(pl.lit("nine")).otherwise(pl.col("icd_version"))
+        .alias("icd_version")))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(f"mimic:\n  source: {demo_copy}\n  table_spec: {TABLE_SPEC}\n"
+                                      "duckdb:\n  memory_limit: 2GB\n  threads: 2\n")
+    monkeypatch.chdir(work)
+    result = CliRunner().invoke(app, ["ingest", "--params", "params.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "5 row(s) excluded, 0 invalid value(s) kept as null" in " ".join(result.output.split())
+
+    reason = "icd_version does not parse as INTEGER"
+    headline = json.loads((work / "data/warehouse/ingest_report.json").read_text())
+    assert headline == {"rows_excluded": 5, "invalid_values": 0, "excluded": {"diagnoses_icd": {reason: 5}}}
+    details = json.loads((work / "metrics/details/ingest.json").read_text())
+    assert details["tables"]["diagnoses_icd"]["excluded"] == {reason: 5}
+    assert details["tables"]["diagnoses_icd"]["rows_written"] == frame.height - 5
+    assert details["tables"]["diagnoses_icd"]["invalid_values"] == {}
+    excluded = pl.read_parquet(work / "data/warehouse/mimic/excluded/diagnoses_icd.parquet")
+    # _row: 1 = the first row after the header, so the source rows can be found again.
+    assert excluded.select("_reason", "_row", "icd_version").rows() == [(reason, i + 1, "nine") for i in bad_rows]
+    assert excluded["icd_code"].to_list() == frame["icd_code"].gather(bad_rows).to_list()
+    kept = pl.read_parquet(work / "data/warehouse/mimic/diagnoses_icd.parquet")
+    assert kept.height == frame.height - 5 and kept["icd_version"].null_count() == 0
+
+
+def test_unparseable_value_in_a_strict_column_names_table_column_and_rows(demo_copy, tmp_path, duckdb_config):
+    path = demo_copy / "hosp/d_icd_diagnoses.csv.gz"
+    frame = pl.read_csv(path, infer_schema=False)
+    _write_gz(path, frame.with_columns(
+        pl.when(pl.int_range(pl.len()).is_in([6, 41])).then(pl.lit("ten")).otherwise(pl.col("icd_version"))
+        .alias("icd_version")))
+    with pytest.raises(SourceError) as error:
+        _run(demo_copy, tmp_path / "out", duckdb_config)
+    message = str(error.value)
+    assert message.startswith(f"{path}: table d_icd_diagnoses, column icd_version (strict in the table spec): "
+                              "2 value(s) do not parse as INTEGER; rows 7 ('ten'), 42 ('ten')"), message
+    _assert_no_output(tmp_path / "out")
+
+
+def test_a_column_listed_both_excluded_and_strict_is_refused(tmp_path):
+    from corpus.errors import ConfigError
+    from corpus.ingest.table_spec import load_table_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("tables:\n  t:\n    keys: [a]\n    columns: {a: BIGINT, b: INTEGER}\n"
+                    "    exclude_unparsed: [b]\n    strict: [b]\n")
+    with pytest.raises(ConfigError, match=r"spec.yaml: table t: column\(s\) \['b'\] are listed under both"):
+        load_table_spec(spec)
+    spec.write_text("tables:\n  t:\n    columns: {a: BIGINT}\n    strict: [c]\n")
+    with pytest.raises(ConfigError, match=r"strict column\(s\) \['c'\] are not among its columns"):
+        load_table_spec(spec)
 
 
 def test_failed_run_keeps_the_previous_output(demo_copy, tmp_path, duckdb_config):

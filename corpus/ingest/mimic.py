@@ -2,15 +2,21 @@
 
 For each table of the spec: find the file (csv, csv.gz or parquet), check that
 every listed column is there, read only those columns with DuckDB, cast them to
-the spec's types, and split the rows into kept and excluded (null key or a row
-rule, with the reason). Nothing is dropped silently: excluded rows are written
-with their reason, values that do not parse as their type are counted.
+the spec's types, and split the rows into kept and excluded (a value that does
+not parse in a column the cohorts rely on, a null key, or a row rule, with the
+reason). Nothing is dropped silently: excluded rows are written with their
+reason and source row number; other values that do not parse are kept as null,
+counted and logged. A required table without rows, or an unparseable value in
+a column the spec marks strict, stops the stage with an error naming the file.
 
 Output layout (written to a temporary folder and swapped in only when complete):
 
     <out>/<table>.parquet            kept rows, typed
-    <out>/excluded/<table>.parquet   excluded rows, raw text, with `_reason`
+    <out>/excluded/<table>.parquet   excluded rows, raw text, with `_reason` and `_row`
     <out>/manifest.json              source files, row counts, warnings
+
+and two JSON files: the report (DVC metrics: the headline counts, exclusions per
+table and reason) and, optionally, the details (per-table counts).
 """
 
 from __future__ import annotations
@@ -66,8 +72,22 @@ def _columns_of(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
         raise SourceError(f"{path}: cannot read the file as a table: {exc}") from exc
 
 
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _parsed_columns(spec: TableSpec) -> list[str]:
+    """Columns whose values are cast (VARCHAR columns take any text)."""
+    return [c for c, t in spec.columns.items() if t != "VARCHAR"]
+
+
+def unparsed_reason(spec: TableSpec, column: str) -> str:
+    return f"{column} does not parse as {spec.columns[column]}"
+
+
 def _typed_select(spec: TableSpec, path: Path) -> str:
-    """SELECT of the spec's columns with their types, plus `_reason` (null: kept) and `_bad_<col>` flags."""
+    """SELECT of the spec's columns with their types, plus `_row` (1 = the first row after
+    the header), `_reason` (null: kept) and `_bad_<col>` flags."""
     typed = []
     bad_flags = []
     for column, sql_type in spec.columns.items():
@@ -78,15 +98,41 @@ def _typed_select(spec: TableSpec, path: Path) -> str:
                 f"({raw} IS NOT NULL AND TRY_CAST({raw} AS {sql_type}) IS NULL) AS {quote_ident('_bad_' + column)}"
             )
     raw_columns = ", ".join(f"CAST({quote_ident(c)} AS VARCHAR) AS {quote_ident('_raw_' + c)}" for c in spec.columns)
-    cases = [f"WHEN {quote_ident(k)} IS NULL THEN 'null {k}'" for k in spec.keys]
-    cases += [f"WHEN {rule.when} THEN '{rule.reason.replace(chr(39), chr(39) * 2)}'" for rule in spec.row_rules]
+    # An unparseable value first: a key that does not parse reads as null, and its
+    # reason should say what was there, not "null".
+    cases = [f"WHEN {quote_ident('_bad_' + c)} THEN {_sql_text(unparsed_reason(spec, c))}"
+             for c in _parsed_columns(spec) if spec.unparsed_action(c) == "exclude"]
+    cases += [f"WHEN {quote_ident(k)} IS NULL THEN 'null {k}'" for k in spec.keys]
+    cases += [f"WHEN {rule.when} THEN {_sql_text(rule.reason)}" for rule in spec.row_rules]
     reason = f"CASE {' '.join(cases)} ELSE NULL END" if cases else "NULL"
     projected = ", ".join(quote_ident(c) for c in spec.columns)
+    # row_number() over the scan follows the file (DuckDB keeps insertion order).
     return f"""
-        WITH raw AS (SELECT {projected} FROM {_reader(path)}),
-        typed AS (SELECT {', '.join(typed + bad_flags)}, {raw_columns} FROM raw)
+        WITH raw AS (SELECT row_number() OVER () AS _row, {projected} FROM {_reader(path)}),
+        typed AS (SELECT _row, {', '.join(typed + bad_flags)}, {raw_columns} FROM raw)
         SELECT *, {reason} AS _reason FROM typed
     """
+
+
+def _check_strict(con: duckdb.DuckDBPyConnection, spec: TableSpec, path: Path, staged: Path) -> None:
+    """Raise on the first strict column holding a value that does not parse, naming rows and values."""
+    for column in _parsed_columns(spec):
+        if spec.unparsed_action(column) != "strict":
+            continue
+        flag = quote_ident("_bad_" + column)
+        count = con.execute(f"SELECT count(*) FROM read_parquet({quote_path(staged)}) WHERE {flag}").fetchone()[0]
+        if not count:
+            continue
+        examples = con.execute(
+            f"SELECT _row, {quote_ident('_raw_' + column)} FROM read_parquet({quote_path(staged)}) "
+            f"WHERE {flag} ORDER BY _row LIMIT 5"
+        ).fetchall()
+        rows = ", ".join(f"{row} ({value!r})" for row, value in examples)
+        raise SourceError(
+            f"{path}: table {spec.name}, column {column} (strict in the table spec): {count} value(s) do not parse "
+            f"as {spec.columns[column]}; rows {rows}{' ...' if count > len(examples) else ''} "
+            "(row 1 = the first row after the header)"
+        )
 
 
 def _ingest_table(
@@ -98,6 +144,7 @@ def _ingest_table(
         con.execute(f"COPY ({_typed_select(spec, path)}) TO {quote_path(staged)} (FORMAT parquet)")
     except duckdb.Error as exc:
         raise SourceError(f"{path}: reading table {spec.name} failed: {exc}") from exc
+    _check_strict(con, spec, path, staged)
 
     columns = ", ".join(quote_ident(c) for c in spec.columns)
     # Sorted output: same source, same bytes.
@@ -112,19 +159,30 @@ def _ingest_table(
     if excluded_count:
         (out / "excluded").mkdir(exist_ok=True)
         con.execute(
-            f"COPY (SELECT _reason, {raw_columns} FROM read_parquet({quote_path(staged)}) "
+            f"COPY (SELECT _reason, _row, {raw_columns} FROM read_parquet({quote_path(staged)}) "
             f"WHERE _reason IS NOT NULL ORDER BY ALL) "
             f"TO {quote_path(out / 'excluded' / f'{spec.name}.parquet')} (FORMAT parquet)"
         )
 
-    bad_columns = [c for c, t in spec.columns.items() if t != "VARCHAR"]
-    bad_sums = ", ".join(f"sum(CAST({quote_ident('_bad_' + c)} AS INTEGER))" for c in bad_columns)
+    # Values kept as null: unparseable ones in kept rows, in columns that neither
+    # exclude their row nor stop the stage.
+    warn_columns = [c for c in _parsed_columns(spec) if spec.unparsed_action(c) == "warn"]
+    bad_sums = ", ".join(
+        f"count(*) FILTER (WHERE _reason IS NULL AND {quote_ident('_bad_' + c)})" for c in warn_columns
+    )
     totals = con.execute(
         f"SELECT count(*), count(*) FILTER (WHERE _reason IS NULL){', ' + bad_sums if bad_sums else ''} "
         f"FROM read_parquet({quote_path(staged)})"
     ).fetchone()
     report.rows_read, report.rows_written = int(totals[0]), int(totals[1])
-    report.invalid_values = {c: int(n or 0) for c, n in zip(bad_columns, totals[2:]) if n}
+    if report.rows_read == 0:
+        if spec.required:
+            raise SourceError(f"{path}: required table {spec.name} has no rows (a header only): nothing to build on")
+        log.warning("%s: optional table %s has no rows", path, spec.name)
+    report.invalid_values = {c: int(n or 0) for c, n in zip(warn_columns, totals[2:]) if n}
+    for column, count in report.invalid_values.items():
+        log.warning("%s: %d value(s) of column %s do not parse as %s: kept as null", path, count, column,
+                    spec.columns[column])
     report.excluded = {
         reason: int(n)
         for reason, n in con.execute(
@@ -173,10 +231,22 @@ def check_sources(source: Path, specs: list[TableSpec], con: duckdb.DuckDBPyConn
     return found
 
 
+def headline_report(details: dict) -> dict:
+    """What the DVC metrics file holds: the totals a user compares between runs, and
+    the exclusions per table and reason (tables without any left out)."""
+    return {
+        "rows_excluded": details["rows_excluded_total"],
+        "invalid_values": details["invalid_values_total"],
+        "excluded": {name: entry["excluded"] for name, entry in details["tables"].items() if entry["excluded"]},
+    }
+
+
 def ingest_mimic(
-    source: Path, table_spec: Path, out: Path, report_path: Path, db: DuckDBConfig, progress=None
+    source: Path, table_spec: Path, out: Path, report_path: Path, db: DuckDBConfig, progress=None,
+    details_path: Path | None = None,
 ) -> dict:
-    """Run the stage; returns the report also written to `report_path`."""
+    """Run the stage. Writes the headline report (`headline_report`) to `report_path`
+    and, given `details_path`, the per-table counts there; returns the details."""
     source = Path(source)
     specs = load_table_spec(table_spec)
     con = connect(db)
@@ -184,16 +254,18 @@ def ingest_mimic(
     tables: dict[str, TableReport] = {}
     with atomic_dir(out) as staging_out:
         spill = staging_out / "_spill"
-        con.execute(f"SET temp_directory = {quote_path(spill)}")
         staging = staging_out / "_staging"
-        staging.mkdir()
-        for spec in specs:
-            if spec.name not in files:
-                continue
-            if progress:
-                progress(spec.name)
-            tables[spec.name] = _ingest_table(con, spec, files[spec.name], source, staging_out, staging)
-        con.close()
+        try:
+            con.execute(f"SET temp_directory = {quote_path(spill)}")
+            staging.mkdir()
+            for spec in specs:
+                if spec.name not in files:
+                    continue
+                if progress:
+                    progress(spec.name)
+                tables[spec.name] = _ingest_table(con, spec, files[spec.name], source, staging_out, staging)
+        finally:
+            con.close()  # before the folder goes (on failure too): DuckDB may hold spill files in it
         for leftover in (staging, spill):
             if leftover.exists():
                 for child in leftover.iterdir():
@@ -207,7 +279,7 @@ def ingest_mimic(
             "missing_optional_tables": missing_optional,
         }
         write_json(staging_out / "manifest.json", manifest)
-        report = {
+        details = {
             "tables": {
                 name: {
                     "rows_read": r.rows_read,
@@ -219,8 +291,11 @@ def ingest_mimic(
                 for name, r in tables.items()
             },
             "rows_excluded_total": sum(r.rows_read - r.rows_written for r in tables.values()),
-            "missing_optional_tables": len(missing_optional),
+            "invalid_values_total": sum(sum(r.invalid_values.values()) for r in tables.values()),
+            "missing_optional_tables": missing_optional,
         }
+    if details_path is not None:
+        write_json(details_path, details)
     # The report goes last: it exists only when the warehouse it describes does.
-    write_json(report_path, report)
-    return report
+    write_json(report_path, headline_report(details))
+    return details

@@ -24,6 +24,19 @@ class TableSpec:
     columns: dict[str, str]  # column -> DuckDB type, in reading order
     keys: tuple[str, ...]
     row_rules: tuple[RowRule, ...] = field(default_factory=tuple)
+    # A value that does not parse as its column's type: in `exclude_unparsed` (and in
+    # every key) the row is excluded with a reason; in `strict`, ingest stops;
+    # elsewhere the value is kept as null and counted, with a warning.
+    exclude_unparsed: tuple[str, ...] = ()
+    strict: tuple[str, ...] = ()
+
+    def unparsed_action(self, column: str) -> str:
+        """'strict', 'exclude' or 'warn' for a value of `column` that does not parse."""
+        if column in self.strict:
+            return "strict"
+        if column in self.exclude_unparsed or column in self.keys:
+            return "exclude"
+        return "warn"
 
 
 def load_table_spec(path: Path | str) -> list[TableSpec]:
@@ -47,6 +60,15 @@ def load_table_spec(path: Path | str) -> list[TableSpec]:
         if unknown_keys:
             raise ConfigError(f"{where}: key(s) {unknown_keys} are not among its columns")
         rules = tuple(RowRule(reason=r["reason"], when=r["when"]) for r in entry.get("row_rules") or ())
+        exclude_unparsed = tuple(entry.get("exclude_unparsed") or ())
+        strict = tuple(entry.get("strict") or ())
+        for option, listed in (("exclude_unparsed", exclude_unparsed), ("strict", strict)):
+            unknown = [c for c in listed if c not in columns]
+            if unknown:
+                raise ConfigError(f"{where}: {option} column(s) {unknown} are not among its columns")
+        both = sorted(set(exclude_unparsed) & set(strict))
+        if both:
+            raise ConfigError(f"{where}: column(s) {both} are listed under both exclude_unparsed and strict")
         specs.append(
             TableSpec(
                 name=name,
@@ -55,6 +77,8 @@ def load_table_spec(path: Path | str) -> list[TableSpec]:
                 columns={str(c): str(t).upper() for c, t in columns.items()},
                 keys=keys,
                 row_rules=rules,
+                exclude_unparsed=exclude_unparsed,
+                strict=strict,
             )
         )
     return specs
