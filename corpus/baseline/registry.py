@@ -49,22 +49,36 @@ class _RegistryDesign:
         return np.column_stack(parts) if parts else np.zeros((frame.height, 0))
 
 
-def registry_task(questions: pl.DataFrame, registry: pl.DataFrame, spec, mv_config, note_values: dict,
-                  config: BaselineConfig) -> dict:
-    """One model per hidden feature on registry rows of patients without val/test questions; an option per question."""
+def rebuild_questions(questions: pl.DataFrame, registry: pl.DataFrame, spec, mv_config, note_values: dict) -> dict:
+    """{question id: MaskedValueQuestion} rebuilt by corpus.questions.masked_value: each question's hidden
+    feature and what its options hold, exactly as the questions stage made them (no parsing of option text)."""
     from corpus.questions.masked_value import masked_value_questions
 
-    id_name = spec.id_column.name
     built = {q.record["id"]: q for q in masked_value_questions(registry, spec, mv_config, note_values=note_values)}
     missing = [i for i in questions["id"].to_list() if i not in built]
     if missing:
         raise SourceError(
             f"data/questions: {len(missing)} masked_value question(s), e.g. {missing[0]}, are not rebuilt from "
-            f"data/warehouse/registry.parquet with params.yaml masked_value (re-run the questions stage)"
+            f"the registry with params.yaml masked_value (re-run the questions stage)"
         )
-    held_out = set(questions.filter(pl.col("split") != "train")["subject_id"].to_list())
-    pool = registry.filter(~pl.col(id_name).is_in(sorted(held_out)))
+    return built
+
+
+def training_pool(registry: pl.DataFrame, questions: pl.DataFrame, id_name: str) -> pl.DataFrame:
+    """Registry rows the models may learn from: every patient without a val or test question."""
+    held_out = sorted(set(questions.filter(pl.col("split") != "train")["subject_id"].to_list()))
+    return registry.filter(~pl.col(id_name).is_in(held_out))
+
+
+def registry_task(questions: pl.DataFrame, registry: pl.DataFrame, spec, built: dict, show_outcomes: bool,
+                  config: BaselineConfig) -> dict:
+    """One model per hidden feature on `training_pool` rows; the chosen option of every question."""
+    id_name = spec.id_column.name
+    pool = training_pool(registry, questions, id_name)
     rows_by_id = {row[id_name]: i for i, row in enumerate(registry.select(id_name).to_dicts())}
+    absent = [s for s in questions["subject_id"].to_list() if s not in rows_by_id]
+    if absent:
+        raise SourceError(f"registry: no row with {id_name} {absent[0]} for its masked_value question(s)")
     question_ids = questions["id"].to_list()
     by_feature: dict[str, list[int]] = {}
     for position, qid in enumerate(question_ids):
@@ -96,7 +110,7 @@ def registry_task(questions: pl.DataFrame, registry: pl.DataFrame, spec, mv_conf
         withheld = {name for p in positions for name in built[question_ids[p]].withheld}
         inputs = [c for c in spec.columns
                   if c.role != "id" and c.name != feature and c.name not in withheld
-                  and (c.role != "outcome" or mv_config.show_outcomes)]
+                  and (c.role != "outcome" or show_outcomes)]
         reason = skip_reason(y, config.min_train_rows)
         model = design = None
         if reason is None:

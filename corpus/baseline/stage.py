@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 from corpus.atomic import atomic_path, write_json
 from corpus.baseline import MIMIC_TASKS, REGISTRY_TASK, BaselineConfig, baseline_config
 from corpus.baseline.mimic import mimic_features, mimic_task
-from corpus.baseline.registry import registry_task
+from corpus.baseline.registry import rebuild_questions, registry_task
 from corpus.errors import ConfigError, SourceError
 from corpus.scoring import classification_metrics, task_labels
 
@@ -115,34 +115,48 @@ def build_baseline(questions: pl.DataFrame, mimic: Callable[[pl.DataFrame], pl.D
     return metrics, details, frame
 
 
-def run_baseline(params_path: Path = Path("params.yaml")) -> dict:
-    """The DVC stage: read params and the pipeline's artifacts, write the three outputs; returns the metrics."""
-    from corpus.config import duckdb_config, load_params, masked_value_config, registry_config
-    from corpus.stages import COHORTS, MIMIC_WAREHOUSE, QUESTIONS, REGISTRY
+def baseline_from_files(params: dict, questions_dir: Path, cohorts_dir: Path, warehouse: Path,
+                        registry_path: Path) -> tuple[dict, dict, pl.DataFrame]:
+    """(metrics, details, predictions) from the pipeline's artifacts at these paths, under `params`."""
+    from corpus.config import duckdb_config, masked_value_config, registry_config
 
-    params = load_params(params_path)
     config = baseline_config(params)
     db = duckdb_config(params)
-    mv_config = masked_value_config(params)
-    questions = read_questions(QUESTIONS)
+    questions = read_questions(questions_dir)
 
     def registry(frame: pl.DataFrame) -> dict:
         from corpus.registry.build import load_registry
         from corpus.registry.spec import load_registry_spec
 
+        mv_config = masked_value_config(params)
         if mv_config is None:
-            raise ConfigError("params.yaml masked_value: missing, but data/questions holds masked_value questions")
-        spec_path = registry_config(params).spec
-        return registry_task(frame, load_registry(REGISTRY, spec_path), load_registry_spec(spec_path), mv_config,
-                             {"window_hours": registry_config(params).window_hours}, config)
+            raise ConfigError(f"params.yaml masked_value: missing, but {questions_dir} holds masked_value questions")
+        settings = registry_config(params)
+        table, spec = load_registry(registry_path, settings.spec), load_registry_spec(settings.spec)
+        built = rebuild_questions(frame, table, spec, mv_config, {"window_hours": settings.window_hours})
+        return registry_task(frame, table, spec, built, mv_config.show_outcomes, config)
 
     # One BLAS thread: these problems are tiny, and OpenBLAS threads on a busy 2-core host spin-wait
     # (an lbfgs fit on 3,000 x 80 took 1.1 s with two threads, 0.04 s with one).
     with threadpool_limits(1):
-        metrics, details, predictions = build_baseline(
-            questions, lambda frame: mimic_features(frame, COHORTS, MIMIC_WAREHOUSE, db), registry, config)
-    with atomic_path(PREDICTIONS) as tmp:
+        return build_baseline(questions, lambda frame: mimic_features(frame, cohorts_dir, warehouse, db), registry,
+                              config)
+
+
+def write_outputs(metrics: dict, details: dict, predictions: pl.DataFrame, metrics_path: Path = METRICS,
+                  details_path: Path = DETAILS, predictions_path: Path = PREDICTIONS) -> None:
+    with atomic_path(predictions_path) as tmp:
         predictions.write_parquet(tmp, compression="zstd")
-    write_json(DETAILS, details)
-    write_json(METRICS, metrics)
+    write_json(details_path, details)
+    write_json(metrics_path, metrics)
+
+
+def run_baseline(params_path: Path = Path("params.yaml")) -> dict:
+    """The DVC stage: read params and the pipeline's artifacts, write the three outputs; returns the metrics."""
+    from corpus.config import load_params
+    from corpus.stages import COHORTS, MIMIC_WAREHOUSE, QUESTIONS, REGISTRY
+
+    metrics, details, predictions = baseline_from_files(load_params(params_path), QUESTIONS, COHORTS,
+                                                        MIMIC_WAREHOUSE, REGISTRY)
+    write_outputs(metrics, details, predictions)
     return metrics
