@@ -109,6 +109,16 @@ def stats(
     console.print(f"bar chart: {plot}")
 
 
+@app.command()
+def baseline(params: Path = ParamsOption) -> None:
+    """Fit and score the scikit-learn reference per task on the question splits (stage `baseline`)."""
+    from corpus.baseline.stage import METRICS, run_baseline
+
+    metrics = _run(lambda: run_baseline(params))
+    console.print_json(json.dumps(metrics))
+    console.print(f"wrote {METRICS} and data/baseline/")
+
+
 @app.command("base-model")
 def base_model(params: Path = ParamsOption) -> None:
     """Prepare the generator / trainable base model as a local Hugging Face folder (stage `base_model`)."""
