@@ -143,23 +143,31 @@ def sample(
 
 @app.command()
 def leaks(
-    input: Path = typer.Option(..., "--input", help="JSON lines with `rationale`, `hint` and an optional `id`."),
+    input: Path = typer.Option(..., "--input", help="JSON lines with `rationale`, `hint`, an optional `answer` (gold option text) and `id`."),
     output: Path = typer.Option(None, "--output", help="Where to write the verdicts (default: standard output)."),
     rules: Path = typer.Option(None, "--rules", help="Leak rules file (default: corpus/templates/leak_rules.yaml)."),
+    explain: bool = typer.Option(False, "--explain", help="Per verdict: the rule, the matched span and why the rule exists."),
 ) -> None:
     """Check rationales for hint leaks: one JSON line per row with id, leak and the rule that fired."""
+    import json
     import sys
     import tempfile
 
-    from corpus.leaks import check_jsonl
+    from corpus.leaks import check_jsonl, explain_line
 
     if output is None:
         with tempfile.TemporaryDirectory() as scratch:
             target = Path(scratch) / "verdicts.jsonl"
-            _run(lambda: check_jsonl(input, target, rules))
-            sys.stdout.write(target.read_text(encoding="utf-8"))
+            _run(lambda: check_jsonl(input, target, rules, explain=explain))
+            text = target.read_text(encoding="utf-8")
+            if explain:
+                text = "".join(explain_line(json.loads(line)) + "\n" for line in text.splitlines())
+            sys.stdout.write(text)
         return
-    summary = _run(lambda: check_jsonl(input, output, rules))
+    summary = _run(lambda: check_jsonl(input, output, rules, explain=explain))
+    if explain:
+        for line in output.read_text(encoding="utf-8").splitlines():
+            console.print(explain_line(json.loads(line)), markup=False, highlight=False)
     console.print(f"{output}: {summary['rows']} row(s), {summary['leaks']} leak(s) {summary['by_rule']}")
 
 

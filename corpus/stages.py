@@ -233,7 +233,7 @@ def filter_regenerated(frame: pl.DataFrame, questions: dict[str, dict], rules_pa
     for row in frame.iter_rows(named=True):
         question = questions[row["question_id"]]
         hint = hint_text(template, question["answer"], list(question["options"]))
-        verdict = leak_filter.check(row["text"], hint)
+        verdict = leak_filter.check(row["text"], hint, question["answer"])
         leaked.append(verdict.leak)
         rules.append(verdict.rule)
         if verdict.leak:

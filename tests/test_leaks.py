@@ -1,8 +1,11 @@
-"""The hint-leak filter (corpus/leaks.py, corpus/templates/leak_rules.yaml).
+"""The hint-leak filter (corpus/leaks/, corpus/templates/leak_rules.yaml).
 
 tests/data/leak_labelled.jsonl is a labelled set written for this project:
-about half leaking rationales, half clean ones that use the same words
-clinically. Run with `pytest -s` to see the filter's precision and recall.
+about half leaking rationales (misspelled, paraphrased, rationalising, buried
+mid-text, the hint's content near a cue, plain), half clean ones that use the
+same words clinically, over the four tasks. Its `part` was fixed once: rules
+are tuned on `development` only; `held_out` (written before the current rules)
+measures whether they generalise. Run with `pytest -s` to see both parts.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from corpus.errors import ConfigError, SourceError
-from corpus.leaks import DEFAULT_RULES, LeakFilter, LeakRules, LeakVerdict, check_jsonl, normalise
+from corpus.leaks import DEFAULT_RULES, LeakFilter, LeakRules, LeakVerdict, check_jsonl, explain_line, normalise
 
 LABELLED = Path(__file__).parent / "data" / "leak_labelled.jsonl"
 HINT_NO = "the correct answer is No"
@@ -40,61 +43,77 @@ def _labelled() -> list[dict]:
 # --- the labelled set -----------------------------------------------------------------
 
 
+FIELDS = {"id", "part", "task", "kind", "leak", "hint", "answer", "rationale"}
+TASKS = {"mortality", "readmission", "los", "masked_value"}
+
+
 def test_labelled_set_shape():
     rows = _labelled()
-    assert len(rows) >= 100
+    assert len(rows) >= 240
     assert len({row["id"] for row in rows}) == len(rows)
-    leaks = sum(row["leak"] for row in rows)
-    assert 0.4 <= leaks / len(rows) <= 0.6
     for row in rows:
-        assert set(row) == {"id", "rationale", "hint", "leak"}
+        assert set(row) == FIELDS, row["id"]
         assert isinstance(row["rationale"], str) and row["rationale"].strip()
-        assert isinstance(row["leak"], bool)
+        assert isinstance(row["leak"], bool) and row["task"] in TASKS and row["part"] in {"development", "held_out"}
+    for part in ("development", "held_out"):
+        part_rows = [row for row in rows if row["part"] == part]
+        assert len(part_rows) >= 100
+        assert 0.4 <= sum(row["leak"] for row in part_rows) / len(part_rows) <= 0.6
+        # every task has leaking and clean rows in both parts
+        assert {(row["task"], row["leak"]) for row in part_rows} == {(t, leak) for t in TASKS for leak in (True, False)}
+    held_kinds = {row["kind"] for row in rows if row["part"] == "held_out" and row["leak"]}
+    assert {"misspelled", "paraphrase", "rationalising", "buried", "content"} <= held_kinds
 
 
-def test_labelled_precision_recall(leak_filter, rules, record_property):
-    rows = _labelled()
+def _score(leak_filter, rules, rows):
     tp = fp = fn = tn = 0
-    by_rule: dict[str, int] = {}
     missed, dropped_clean = [], []
     for row in rows:
-        verdict = leak_filter.check(row["rationale"], row["hint"])
+        verdict = leak_filter.check(row["rationale"], row["hint"], row["answer"])
         assert isinstance(verdict, LeakVerdict)
         if verdict.leak:
-            # every dropped row records which rule fired, a rule of the file
+            # every dropped row records which rule fired, a rule of the file, and where
             assert verdict.rule in rules.names, verdict
-            assert verdict.match
-            by_rule[verdict.rule] = by_rule.get(verdict.rule, 0) + 1
+            assert verdict.match and verdict.part == "rules"
+            start, end = verdict.span
+            assert normalise(row["rationale"])[start:end][:200] == verdict.match
         else:
-            assert verdict.rule is None and verdict.match is None
+            assert verdict == LeakVerdict(False)
         if row["leak"] and verdict.leak:
             tp += 1
         elif row["leak"]:
             fn += 1
-            missed.append(row["id"])
+            missed.append(f"{row['id']} ({row['kind']})")
         elif verdict.leak:
             fp += 1
             dropped_clean.append((row["id"], verdict.rule, verdict.match))
         else:
             tn += 1
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn)
-    fpr = fp / (fp + tn)
-    record_property("leak_precision", round(precision, 4))
-    record_property("leak_recall", round(recall, 4))
-    record_property("clean_dropped_rate", round(fpr, 4))
-    print(
-        f"\nleak filter on {len(rows)} labelled rationales ({tp + fn} leaking, {fp + tn} clean): "
-        f"precision {precision:.3f}, recall {recall:.3f}, clean dropped (FPR) {fpr:.3f} "
-        f"[tp={tp} fn={fn} fp={fp} tn={tn}]"
-    )
-    print(f"dropped by rule: {dict(sorted(by_rule.items()))}")
-    if missed:
-        print(f"missed leaks: {missed}")
-    if dropped_clean:
-        print(f"clean rows dropped: {dropped_clean}")
-    assert recall >= 0.95, f"missed leaks: {missed}"
-    assert fpr <= 0.05, f"clean rows dropped: {dropped_clean}"
+    return {"tp": tp, "fn": fn, "fp": fp, "tn": tn, "missed": missed, "dropped_clean": dropped_clean,
+            "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn), "fpr": fp / (fp + tn)}
+
+
+def test_labelled_precision_recall(leak_filter, rules, record_property):
+    rows = _labelled()
+    scores = {}
+    for part in ("development", "held_out"):
+        score = scores[part] = _score(leak_filter, rules, [row for row in rows if row["part"] == part])
+        record_property(f"{part}_leak_precision", round(score["precision"], 4))
+        record_property(f"{part}_leak_recall", round(score["recall"], 4))
+        record_property(f"{part}_clean_dropped_rate", round(score["fpr"], 4))
+        print(
+            f"\n{part}: {score['tp'] + score['fn'] + score['fp'] + score['tn']} rationales "
+            f"({score['tp'] + score['fn']} leaking, {score['fp'] + score['tn']} clean): precision {score['precision']:.3f}, "
+            f"recall {score['recall']:.3f}, clean dropped {score['fpr']:.3f} "
+            f"[tp={score['tp']} fn={score['fn']} fp={score['fp']} tn={score['tn']}]"
+        )
+        if score["missed"]:
+            print(f"  missed leaks: {score['missed']}")
+        if score["dropped_clean"]:
+            print(f"  clean rows dropped: {score['dropped_clean']}")
+    held = scores["held_out"]
+    assert held["recall"] >= 0.95, f"held-out leaks missed: {held['missed']}"
+    assert held["fpr"] <= 0.05, f"held-out clean rows dropped: {held['dropped_clean']}"
 
 
 # --- behaviour ------------------------------------------------------------------------
@@ -116,10 +135,16 @@ def test_labelled_precision_recall(leak_filter, rules, record_property):
         "Stable vitals, elective surgery, no complications. \\boxed{B}",
         "The family was informed that the prognosis was poor.",
         "There is no hint of bleeding; hemoglobin is stable.",
+        "Given his CKD, the answer is Yes.",
+        "The biopsy result was given to the patient; it showed metastatic melanoma.",
+        "The patient was hit by a car and started on norepinephrine; the valve is normal.",
+        "I will give the evidence to justify my answer.",
+        "The hidden value must be high in DKA, so D.",
     ],
 )
 def test_clinical_uses_are_kept(leak_filter, text):
     assert leak_filter.check(text, HINT_NO) == LeakVerdict(False, None, None)
+    assert leak_filter.check(text, HINT_NO, answer="No") == LeakVerdict(False)
 
 
 @pytest.mark.parametrize(
@@ -138,11 +163,68 @@ def test_leaks_are_dropped_with_their_rule(leak_filter, text, rule):
     assert verdict.leak and verdict.rule == rule
 
 
+@pytest.mark.parametrize(
+    ("text", "rule", "match"),
+    [
+        ("Per the hnt, the patient survives.", "mentions_hint", "hnt"),
+        ("The rigth anwser, as the promt says, is No.", "cites_prompt", "the promt says"),
+        ("Acording to the gievn label, No.", "mentions_label", "label"),
+        ("The corect anwser was already supplied: No.", "reference_given", "anwser was already supplied"),
+    ],
+)
+def test_misspelled_reference_words(leak_filter, text, rule, match):
+    verdict = leak_filter.check(text, HINT_NO, "No")
+    assert (verdict.rule, verdict.match) == (rule, match)
+    # the span points into the text as written (normalised), not the corrected one
+    assert normalise(text)[verdict.span[0]: verdict.span[1]] == match
+
+
+def test_spelling_leaves_english_and_clinical_words_alone(rules):
+    spelling = rules.spelling
+    for token in ("hit", "hunt", "started", "valve", "states", "lactate", "hct", "gives"):
+        assert spelling.correct(token) is None, token
+    assert spelling.correct("anwser") == "answer" and spelling.correct("gievn") == "given"
+    assert spelling.correct("instrucitons") == "instructions"  # one swap in a long word
+    assert spelling.correct("hnt") == "hint"
+    assert spelling.correct("qnswer") is None  # first letter differs
+
+
+def test_near_rule_window_and_sentence(leak_filter):
+    assert leak_filter.check("The outcome provided says No; she is 40.").rule == "reference_given"
+    # the same two words far apart, or in two sentences, are no reference to a given outcome
+    far = "The outcome of her three prior admissions for asthma flares treated with steroids was provided."
+    assert not leak_filter.check(far).leak
+    assert not leak_filter.check("The outcome was good. Oxygen provided by nasal cannula helped.").leak
+    # an allow span removes the cue: "given his" is clinical
+    assert not leak_filter.check("Given his answer to diuretics, readmission is likely.").leak
+
+
+def test_answer_cue_needs_the_hinted_answer(leak_filter):
+    text = "It has to be D, so the lactate must be high."
+    assert leak_filter.check(text, "the correct answer is D").rule == "answer_first_then_so"
+    assert not leak_filter.check(text).leak  # no hint: the content rule cannot judge
+    assert not leak_filter.check(text, "the correct answer is B", "B. 1.0 to below 2.0").leak
+    # the gold option's text works as well as its letter
+    verdict = leak_filter.check("The stay has to be 3 to 6 days, therefore the pneumonia was mild.",
+                                "the correct answer is B", "B. 3 to 6 days")
+    assert verdict.rule == "answer_first_then_so" and "3 to 6 days" in verdict.match
+    # a conclusion reached after the evidence is not the hint's content near a cue
+    assert not leak_filter.check("Bicarbonate 12 and a gap of 24: it has to be D.", "the correct answer is D", "D").leak
+
+
+def test_explain_line():
+    leak = {"id": "x", "leak": True, "rule": "mentions_hint", "part": "rules", "span": [7, 11], "match": "hint",
+            "why": "refers to a hint"}
+    assert explain_line(leak) == "x: LEAK mentions_hint (rules) [7:11] 'hint' - refers to a hint"
+    assert explain_line({"id": 3, "leak": False, "rule": None}) == "3: clean"
+
+
 def test_allow_span_frees_only_matches_inside_it(leak_filter):
     # "hints at" is an allow span for mentions_hint; a second "hint" outside it still fires
     assert not leak_filter.check("Lactate hints at hypoperfusion.").leak
     verdict = leak_filter.check("Lactate hints at hypoperfusion, and as the hint says the patient dies.")
     assert verdict.leak and verdict.rule == "mentions_hint" and verdict.match == "hint"
+    assert verdict.span == (43, 47)
 
 
 def test_normalisation_unicode_and_case(leak_filter):
@@ -182,7 +264,7 @@ def test_quotes_hint(leak_filter):
     # any run of min_words (6) consecutive hint words, here with no other rule involved
     hint = "the attending expects the patient would certainly be discharged home tomorrow"
     verdict = leak_filter.check("Vitals are stable; the patient would certainly be discharged home." + tail, hint)
-    assert verdict == LeakVerdict(True, "quotes_hint", "the patient would certainly be discharged")
+    assert verdict == LeakVerdict(True, "quotes_hint", "the patient would certainly be discharged", (19, 60), "rules")
     assert not leak_filter.check("Vitals are stable; the patient would certainly recover." + tail, hint).leak
     # without a hint the frame alone is not judged a quote
     assert not leak_filter.check("The correct answer is No, as it seems." + tail).leak
@@ -199,7 +281,7 @@ def test_first_rule_in_file_order_is_reported(tmp_path, leak_filter):
         encoding="utf-8",
     )
     verdict = LeakFilter(LeakRules.load(swapped)).check(text)
-    assert verdict == LeakVerdict(True, "ground_truth", "ground truth")
+    assert (verdict.leak, verdict.rule, verdict.match) == (True, "ground_truth", "ground truth")
 
 
 def test_user_added_rule_fires(tmp_path, leak_filter):
@@ -229,8 +311,8 @@ def test_user_added_rule_fires(tmp_path, leak_filter):
     assert extended.names[-2:] == ("crystal_ball", "peeked")
     assert extended.fingerprint != LeakRules.load().fingerprint
     user_filter = LeakFilter(extended)
-    assert user_filter.check(text) == LeakVerdict(True, "crystal_ball", "crystal ball")
-    assert user_filter.check("Then I Peeked at the Label.").rule == "peeked"
+    assert user_filter.check(text).match == "crystal ball" and user_filter.check(text).rule == "crystal_ball"
+    assert user_filter.check("Then I Peeked at the Answer.").rule == "peeked"
     assert not user_filter.check("The radiograph shows a crystal ball sign.").leak
     # the default rules still apply, ahead of the user's
     assert user_filter.check("As the hint says, my crystal ball agrees.").rule == "mentions_hint"
@@ -245,6 +327,10 @@ def test_user_added_rule_fires(tmp_path, leak_filter):
         ("rules:\n  - {name: e, kind: pattern, patterns: ['x?']}\n", "matches the empty string"),
         ("rules:\n  - {name: a, kind: phrase, phrases: [x]}\nallow:\n  - {name: z, kind: phrase, phrases: [y], rules: [nope]}\n", "unknown rules"),
         ("rules: [\n", "not valid YAML"),
+        ("rules:\n  - {name: n, kind: near, terms: [[answer]]}\n", "2 or 3 term lists"),
+        ("rules:\n  - {name: n, kind: near, terms: [[answer], [given]], window: 0}\n", "`window` must be"),
+        ("rules:\n  - {name: c, kind: answer_cue, patterns: ['must be x']}\n", "each contain {answer}"),
+        ("spelling: {words: [Answer]}\nrules:\n  - {name: a, kind: phrase, phrases: [x]}\n", "lower-case words"),
     ],
 )
 def test_bad_rules_file_names_file_and_rule(tmp_path, body, message):
@@ -304,11 +390,23 @@ def test_check_jsonl_round_trip(tmp_path):
     assert summary == {"rows": 4, "leaks": 2, "by_rule": {"ground_truth": 1, "mentions_hint": 1}}
 
 
+def test_check_jsonl_explain(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "m", "rationale": "Acording to the hnit, No.", "hint": HINT_NO}) + "\n"
+                      + json.dumps({"id": "c", "rationale": "Given his CKD, No."}) + "\n", encoding="utf-8")
+    out = tmp_path / "verdicts.jsonl"
+    check_jsonl(source, out, explain=True)
+    leak, clean = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert leak["rule"] == "mentions_hint" and leak["match"] == "hnit" and leak["span"] == [16, 20]
+    assert leak["part"] == "rules" and "hint" in leak["why"]
+    assert clean == {"id": "c", "leak": False, "rule": None, "match": None, "span": None, "part": None, "why": None}
+
+
 def test_check_jsonl_labelled_set_matches_filter(tmp_path, leak_filter):
     out = tmp_path / "verdicts.jsonl"
     check_jsonl(LABELLED, out)
     expected = [
-        {"id": row["id"], "leak": (v := leak_filter.check(row["rationale"], row["hint"])).leak, "rule": v.rule}
+        {"id": row["id"], "leak": (v := leak_filter.check(row["rationale"], row["hint"], row["answer"])).leak, "rule": v.rule}
         for row in _labelled()
     ]
     assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == expected
@@ -332,3 +430,19 @@ def test_check_jsonl_bad_line_names_file_and_line(tmp_path, third_line, message)
         check_jsonl(source, out)
     assert str(source) in str(info.value) and "line 3" in str(info.value)
     assert not out.exists()  # nothing half-written
+
+
+def test_cli_leaks_explain_prints_rule_and_span(tmp_path):
+    from typer.testing import CliRunner
+
+    from corpus.cli import app
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "a", "rationale": "Teh anwser, per the hnit, is No.", "hint": HINT_NO}) + "\n"
+                      + json.dumps({"id": "b", "rationale": "The lactate hints at hypoperfusion."}) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["leaks", "--input", str(source), "--explain"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "a: LEAK mentions_hint (rules) [20:24] 'hnit' - " + LeakRules.load().why("mentions_hint"),
+        "b: clean",
+    ]
