@@ -132,6 +132,13 @@ def test_settings_reject_what_trl_would_reject_in_our_names():
     settings = GRPOSettings(num_generations=4, per_device_train_batch_size=6, gradient_accumulation_steps=1)
     with pytest.raises(ValueError, match=r"6 completions per step, which is not a multiple of num_generations \(4\)"):
         settings.check_batch()
+    # params.yaml values as YAML reads them: "1e-6" is a string there, 0 an int.
+    from_yaml = GRPOSettings.from_params({"learning_rate": "1e-6", "beta": 0, "num_generations": 2})
+    assert from_yaml.learning_rate == 1e-6 and type(from_yaml.beta) is float
+    with pytest.raises(ValueError, match="train.grpo.learning_rate: expected a number"):
+        GRPOSettings(learning_rate="fast")
+    with pytest.raises(ValueError, match=r"unknown keys \['num_generation'\]"):
+        GRPOSettings.from_params({"num_generation": 4})
     # 6 x 2 accumulation steps = 12 = 3 questions of 4 generations: allowed.
     GRPOSettings(num_generations=4, per_device_train_batch_size=6, gradient_accumulation_steps=2).check_batch()
     assert GRPOSettings(num_generations=4, per_device_train_batch_size=6, gradient_accumulation_steps=2).questions_per_step() == 3
