@@ -331,3 +331,20 @@ def test_grpo_is_deterministic_for_a_seed(grpo_runs):
     first, second = grpo_runs["summary"], grpo_runs["again"]
     assert first["log_history"] == second["log_history"]
     assert (grpo_runs["out"] / "model.safetensors").read_bytes() == (grpo_runs["again_out"] / "model.safetensors").read_bytes()
+
+
+def test_failed_grpo_run_leaves_the_previous_model_and_no_scratch(grpo_runs, tmp_path):
+    """A run that fails inside TRL (here: a tokenizer without a chat template cannot render
+    the conversational prompts) keeps the old out_dir as it was and leaves no temp folders."""
+    import shutil
+
+    broken = tmp_path / "no-template"
+    shutil.copytree(grpo_runs["start"], broken)
+    (broken / "chat_template.jinja").unlink()
+    out_dir = tmp_path / "round-1" / "grpo"
+    out_dir.mkdir(parents=True)
+    (out_dir / "model.safetensors").write_bytes(b"previous model")
+    with pytest.raises(ValueError, match="chat template"):
+        train_grpo(broken, grpo_runs["questions"], out_dir, grpo_runs["settings"], seed=11)
+    assert (out_dir / "model.safetensors").read_bytes() == b"previous model"
+    assert sorted(p.name for p in out_dir.parent.iterdir()) == ["grpo"]
