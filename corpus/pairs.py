@@ -2,7 +2,13 @@
 
 - SFT (prompt-completion): every correct rationale with an explicit answer:
   first-pass correct samples, and regenerated (hinted) ones that reached the
-  gold answer without leaking the hint. The prompt is always the plain
+  gold answer without leaking the hint.
+- Every training text is a rationale that leads to an answer: an SFT
+  completion, a DPO chosen and a DPO rejected text each need a rationale (the
+  sample's `rationale`: the text before its parsed answer, see
+  corpus/generate/parse.py split_rationale) of at least `min_rationale_chars`
+  characters. A bare "C" teaches the answer, not the reasoning; a pair of two
+  bare letters teaches a label prior. The prompt is always the plain
   question prompt, never the hinted one: the hint is scaffolding for making
   the data, not something the trained model will see.
 - DPO (preference): for a question with at least one correct and one
@@ -11,7 +17,10 @@
   (deterministic, independent of row order).
 
 Both are sorted by id. A contamination guard refuses to write anything when
-a val or test question, or a val/test patient, appears.
+a val or test question, or a val/test patient, appears. `pairs_stats` gives
+the stage's headline metrics (counts, drops per reason, regeneration yield),
+`pairs_details` the percentiles and per-task-label counts, and
+`length_quantiles` the plot data of chosen/rejected lengths.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from corpus.errors import CorpusError
+from corpus.errors import ConfigError, CorpusError
 from corpus.generate.prompts import PromptTemplate, question_messages
 from corpus.hashing import content_id
 from corpus.questions.question_sets import patient_key
@@ -38,7 +47,52 @@ class ContaminationError(CorpusError):
 
 @dataclass(frozen=True)
 class PairsConfig:
+    # DPO pairs per question (chosen correct x rejected incorrect), picked by a hash order.
     max_per_question: int = 4
+    # Characters of rationale (text before the parsed answer) every SFT completion,
+    # DPO chosen and DPO rejected text needs; 0 lets bare answers through.
+    min_rationale_chars: int = 40
+
+    def __post_init__(self) -> None:
+        if self.max_per_question < 1:
+            raise ConfigError(f"params.yaml pairs.max_per_question: expected >= 1, found {self.max_per_question}")
+        if self.min_rationale_chars < 0:
+            raise ConfigError(f"params.yaml pairs.min_rationale_chars: expected >= 0, found {self.min_rationale_chars}")
+
+
+def _has_text() -> pl.Expr:
+    return pl.col("text").fill_null("").str.strip_chars() != ""
+
+
+def _rationale_chars() -> pl.Expr:
+    return pl.col("rationale").fill_null("").str.strip_chars().str.len_chars()
+
+
+def chosen_candidates(pool: pl.DataFrame, config: PairsConfig) -> pl.DataFrame:
+    """Correct samples an SFT record or a DPO chosen text may come from."""
+    return pool.filter(pl.col("correct") & pl.col("parse_status").is_in(EXPLICIT) & _has_text()
+                       & (_rationale_chars() >= config.min_rationale_chars))
+
+
+def rejected_candidates(pool: pl.DataFrame, config: PairsConfig) -> pl.DataFrame:
+    """Incorrect samples a DPO rejected text may come from (any parse path: a wrong guess is still wrong)."""
+    return pool.filter(~pl.col("correct") & _has_text() & (_rationale_chars() >= config.min_rationale_chars))
+
+
+def drop_counts(chosen_pool: pl.DataFrame, rejected_pool: pl.DataFrame, config: PairsConfig) -> dict[str, int]:
+    """Samples kept out of the pair files, by reason: correct ones with no explicit
+    answer, texts with too short a rationale (chosen side and rejected side), empty texts."""
+    correct = chosen_pool.filter(pl.col("correct"))
+    wrong = rejected_pool.filter(~pl.col("correct"))
+    explicit = correct.filter(pl.col("parse_status").is_in(EXPLICIT))
+    short = _rationale_chars() < config.min_rationale_chars
+    return {
+        "chosen_empty_text": explicit.filter(~_has_text()).height,
+        "chosen_no_explicit_answer": correct.height - explicit.height,
+        "chosen_short_rationale": explicit.filter(_has_text() & short).height,
+        "rejected_empty_text": wrong.filter(~_has_text()).height,
+        "rejected_short_rationale": wrong.filter(_has_text() & short).height,
+    }
 
 
 def _assistant(text: str) -> list[dict]:
@@ -49,12 +103,11 @@ def _prompt(question: dict, template: PromptTemplate) -> list[dict]:
     return question_messages(question, template)
 
 
-def sft_records(candidates: pl.DataFrame, questions: dict[str, dict], template: PromptTemplate) -> list[dict]:
-    """One record per distinct correct text of a question."""
+def sft_records(candidates: pl.DataFrame, questions: dict[str, dict], template: PromptTemplate,
+                config: PairsConfig = PairsConfig()) -> list[dict]:
+    """One record per distinct correct text (with its rationale) of a question."""
     records = {}
-    usable = candidates.filter(pl.col("correct") & pl.col("parse_status").is_in(EXPLICIT)
-                               & (pl.col("text").str.strip_chars() != ""))
-    for row in usable.sort("id").iter_rows(named=True):
+    for row in chosen_candidates(candidates, config).sort("id").iter_rows(named=True):
         question = questions[row["question_id"]]
         content = {"question_id": row["question_id"], "prompt": _prompt(question, template),
                    "completion": _assistant(row["text"])}
@@ -71,9 +124,8 @@ def dpo_records(
     chosen_pool: pl.DataFrame, rejected_pool: pl.DataFrame, questions: dict[str, dict], template: PromptTemplate,
     config: PairsConfig,
 ) -> list[dict]:
-    chosen_ok = chosen_pool.filter(pl.col("correct") & pl.col("parse_status").is_in(EXPLICIT)
-                                   & (pl.col("text").str.strip_chars() != ""))
-    rejected_ok = rejected_pool.filter(~pl.col("correct") & (pl.col("text").str.strip_chars() != ""))
+    chosen_ok = chosen_candidates(chosen_pool, config)
+    rejected_ok = rejected_candidates(rejected_pool, config)
     chosen_by_q = {k[0]: v.unique("text", keep="first").sort("id") for k, v in chosen_ok.sort("id").group_by("question_id")}
     rejected_by_q = {k[0]: v.unique("text", keep="first").sort("id") for k, v in rejected_ok.sort("id").group_by("question_id")}
     records = []
@@ -120,43 +172,84 @@ def _percentiles(lengths: list[int]) -> dict:
     return {f"p{p}": int(series.quantile(p / 100, "nearest")) for p in PERCENTILES}
 
 
-def pairs_stats(sft: list[dict], dpo: list[dict], questions: dict[str, dict], samples: pl.DataFrame,
-                regenerated: pl.DataFrame, hard_ids: set[str]) -> dict:
-    def by_task_label(records: list[dict]) -> dict:
-        counts: dict = {}
-        for record in records:
-            question = questions[record["question_id"]]
-            label = question["answer"].split(". ", 1)[0]
-            counts.setdefault(question["task"], {}).setdefault(label, 0)
-            counts[question["task"]][label] += 1
-        return {task: dict(sorted(labels.items())) for task, labels in sorted(counts.items())}
+def _by_task_label(records: list[dict], questions: dict[str, dict]) -> dict:
+    counts: dict = {}
+    for record in records:
+        question = questions[record["question_id"]]
+        label = question["answer"].split(". ", 1)[0]
+        counts.setdefault(question["task"], {}).setdefault(label, 0)
+        counts[question["task"]][label] += 1
+    return {task: dict(sorted(labels.items())) for task, labels in sorted(counts.items())}
 
-    kept = regenerated.filter(pl.col("filter_reason").is_null()) if regenerated.height else regenerated
-    regenerated_questions = kept["question_id"].n_unique() if kept.height else 0
-    reasons = (
-        dict(sorted((str(r), int(n)) for r, n in regenerated.group_by("filter_reason").len().iter_rows() if r))
-        if regenerated.height else {}
-    )
-    leak_rules = (
-        dict(sorted((str(r), int(n)) for r, n in regenerated.filter(pl.col("leaked")).group_by("leak_rule").len().iter_rows()))
-        if regenerated.height else {}
-    )
+
+def _regeneration(regenerated: pl.DataFrame) -> tuple[pl.DataFrame, dict, dict]:
+    """(kept rows, drops by filter reason, leak drops by rule)."""
+    if not regenerated.height:
+        return regenerated, {}, {}
+    kept = regenerated.filter(pl.col("filter_reason").is_null())
+    reasons = dict(sorted((str(r), int(n)) for r, n in regenerated.group_by("filter_reason").len().iter_rows() if r))
+    rules = dict(sorted((str(r), int(n)) for r, n in
+                        regenerated.filter(pl.col("leaked")).group_by("leak_rule").len().iter_rows()))
+    return kept, reasons, rules
+
+
+def pairs_stats(sft: list[dict], dpo: list[dict], samples: pl.DataFrame, regenerated: pl.DataFrame,
+                hard_ids: set[str], drops: dict[str, int]) -> dict:
+    """The stage's headline metrics (pairs_stats.json, a DVC metric): a few numbers to diff."""
+    kept, reasons, _ = _regeneration(regenerated)
+    regeneration_drops = {"leak": sum(n for r, n in reasons.items() if r.startswith("leak:")),
+                          "regenerated_wrong_answer": reasons.get("wrong answer", 0),
+                          "regenerated_no_answer": sum(n for r, n in reasons.items() if r.startswith("no answer"))}
     return {
-        "sft": {"records": len(sft), "by_task_label": by_task_label(sft)},
-        "dpo": {"pairs": len(dpo), "questions": len({r["question_id"] for r in dpo}), "by_task_label": by_task_label(dpo)},
+        "sft_records": len(sft),
+        "dpo_pairs": len(dpo),
+        "dpo_questions": len({r["question_id"] for r in dpo}),
         "samples": samples.height,
         "hard_questions": len(hard_ids),
+        "regeneration_yield": round(kept.height / regenerated.height, 4) if regenerated.height else 0.0,
+        "dropped": dict(sorted({**drops, **regeneration_drops}.items())),
+    }
+
+
+def _rationale_lengths(records: list[dict], field: str, rationales: dict[str, int]) -> list[int]:
+    return [rationales.get(r[field][0]["content"], 0) for r in records]
+
+
+def pairs_details(sft: list[dict], dpo: list[dict], questions: dict[str, dict], pool: pl.DataFrame,
+                  regenerated: pl.DataFrame, min_rationale_chars: int) -> dict:
+    """What is not a headline metric (pairs_details.json): length percentiles, per-task-label counts, reasons."""
+    kept, reasons, rules = _regeneration(regenerated)
+    # rationale length of each text as it went into a file (the same text has the same rationale)
+    rationales = {t: len((r or "").strip()) for t, r in pool.select("text", "rationale").iter_rows()}
+    return {
+        "min_rationale_chars": min_rationale_chars,
+        "sft": {"records": len(sft), "by_task_label": _by_task_label(sft, questions)},
+        "dpo": {"pairs": len(dpo), "by_task_label": _by_task_label(dpo, questions)},
         "regeneration": {
             "samples": regenerated.height,
             "kept": kept.height,
-            "yield": round(kept.height / regenerated.height, 4) if regenerated.height else 0.0,
-            "hard_questions_recovered": regenerated_questions,
+            "hard_questions_recovered": kept["question_id"].n_unique() if kept.height else 0,
             "dropped_by_reason": reasons,
-            "leak_drops_by_rule": leak_rules,
+            "leak_drops_by_rule": rules,
         },
         "length_chars": {
             "sft_completion": _percentiles([len(r["completion"][0]["content"]) for r in sft]),
             "chosen": _percentiles([len(r["chosen"][0]["content"]) for r in dpo]),
             "rejected": _percentiles([len(r["rejected"][0]["content"]) for r in dpo]),
         },
+        "rationale_chars": {
+            "sft_completion": _percentiles(_rationale_lengths(sft, "completion", rationales)),
+            "chosen": _percentiles(_rationale_lengths(dpo, "chosen", rationales)),
+            "rejected": _percentiles(_rationale_lengths(dpo, "rejected", rationales)),
+        },
     }
+
+
+def length_quantiles(dpo: list[dict], field: str) -> str:
+    """Plot data (CSV) of one side's text lengths: the length at each 5% quantile of the DPO pairs."""
+    lengths = sorted(len(r[field][0]["content"]) for r in dpo)
+    rows = ["quantile,chars"]
+    if lengths:
+        series = pl.Series(lengths)
+        rows += [f"{q},{int(series.quantile(q / 100, 'nearest'))}" for q in range(0, 101, 5)]
+    return "\n".join(rows) + "\n"

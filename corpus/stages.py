@@ -289,7 +289,9 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
     """Stage pairs@<round>: SFT records and DPO pairs (TRL conversational JSONL) + pairs_stats.json."""
     from corpus.atomic import canonical_json
     from corpus.generate.prompts import sampling_template
-    from corpus.pairs import dpo_records, guard_contamination, pairs_stats, sft_records
+    from corpus.pairs import (
+        dpo_records, drop_counts, guard_contamination, length_quantiles, pairs_details, pairs_stats, sft_records,
+    )
 
     params = load_params(params_path)
     config = pairs_config(params)
@@ -303,7 +305,7 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
     template = sampling_template()
     kept = regenerated.filter(pl.col("filter_reason").is_null()).select(samples.columns)
     correct_pool = pl.concat([samples, kept])
-    sft = sft_records(correct_pool, questions, template)
+    sft = sft_records(correct_pool, questions, template, config)
     dpo = dpo_records(correct_pool, samples, questions, template, config)
     guard_contamination(sft, questions, held_out, f"{folder}/sft.jsonl")
     guard_contamination(dpo, questions, held_out, f"{folder}/dpo.jsonl")
@@ -312,8 +314,14 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
     for name, records in (("sft.jsonl", sft), ("dpo.jsonl", dpo)):
         with atomic_path(folder / name) as tmp:
             tmp.write_text("".join(canonical_json(r) + "\n" for r in records), encoding="utf-8")
-    stats = pairs_stats(sft, dpo, questions, samples, regenerated, hard_question_ids(samples, regen.hard_threshold))
+    stats = pairs_stats(sft, dpo, samples, regenerated, hard_question_ids(samples, regen.hard_threshold),
+                        drop_counts(correct_pool, samples, config))
     write_json(folder / "pairs_stats.json", stats)
+    write_json(folder / "pairs_details.json",
+               pairs_details(sft, dpo, questions, correct_pool, regenerated, config.min_rationale_chars))
+    for side in ("chosen", "rejected"):
+        with atomic_path(folder / "pairs_plots" / f"{side}_lengths.csv") as tmp:
+            tmp.write_text(length_quantiles(dpo, side), encoding="utf-8")
     log.info("round %d: %d SFT record(s), %d DPO pair(s)", round_, len(sft), len(dpo))
     return stats
 
