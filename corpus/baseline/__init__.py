@@ -7,7 +7,8 @@ question records (data/questions/{train,val,test}.parquet) the LLM answers.
 MIMIC tasks (mortality, readmission, los): logistic regression on a bag of
 codes of the visits in the question's context (ICD diagnoses and procedures,
 drug names; corpus/sql/baseline_mimic_features.sql) plus age (standardised on
-train) and sex. A question is matched to its cohort row by (task, subject_id,
+train) and sex: what the question's context shows, as codes (the current
+visit's own lists included, as in the question). A question is matched to its cohort row by (task, subject_id,
 hadm_id), which gives the visit index that bounds its context. Trained on the
 train split's questions only; the code vocabulary is fitted on train too
 (codes in at least `min_code_count` train questions, the `max_codes` most
@@ -38,7 +39,10 @@ by question id; same inputs, same bytes.
 Outputs: metrics/baseline.json (headline figures per task: a DVC metric),
 data/baseline/details.json (every split's full figures, confusion matrices,
 the majority predictor) and data/baseline/predictions.parquet (one row per
-question: the model's and the majority's option).
+question: the model's and the majority's option). `n_train` counts train
+questions for the MIMIC tasks and (registry row, hidden feature) training
+examples summed over features for masked_value (`n_train_patients` in the
+details); `n_test` counts test questions.
 
 Modules: this one (config, shared model helpers), mimic.py, registry.py,
 stage.py (question files, scoring, outputs: `run_baseline`).
@@ -64,6 +68,7 @@ REGISTRY_TASK = "masked_value"
 
 @dataclass(frozen=True)
 class BaselineConfig:
+    # random_state of every model: lbfgs and newton-cg are deterministic anyway; a stochastic solver would use it.
     seed: int = 13
     # Inverse L2 strength of every logistic regression (scikit-learn's C).
     C: float = 1.0
