@@ -112,11 +112,11 @@ def stats(
 @app.command()
 def baseline(params: Path = ParamsOption) -> None:
     """Fit and score the scikit-learn reference per task on the question splits (stage `baseline`)."""
-    from corpus.baseline.stage import METRICS, run_baseline
+    from corpus.baseline.stage import DETAILS, METRICS, PREDICTIONS, run_baseline
 
     metrics = _run(lambda: run_baseline(params))
     console.print_json(json.dumps(metrics))
-    console.print(f"wrote {METRICS} and data/baseline/")
+    console.print(f"wrote {METRICS}, {DETAILS} and {PREDICTIONS}")
 
 
 @app.command("base-model")

@@ -35,7 +35,7 @@ NATURAL = {task: SamplingPolicy() for task in MIMIC_TASKS}
 # A few features keep the fixture quick; hct/hgb are withheld from each other's questions (mutual information).
 MV = MaskedValueConfig(questions_per_feature=10, features=("age", "gender", "icu_unit", "temp_mean", "hr_mean",
                                                            "hct_mean", "hgb_mean", "wbc_mean"))
-OUTPUTS = ("metrics/baseline.json", "data/baseline/details.json", "data/baseline/predictions.parquet")
+OUTPUTS = ("metrics/baseline.json", "metrics/details/baseline.json", "data/baseline/predictions.parquet")
 HEADLINE_KEYS = {"n_train", "n_test", "majority_accuracy", "accuracy", "macro_f1", "tpr", "tnr", "skipped"}
 
 
@@ -71,7 +71,7 @@ def stage_run(workspace) -> dict:
 
 @pytest.fixture(scope="module")
 def details(stage_run) -> dict:
-    return json.loads(stage_run["data/baseline/details.json"])
+    return json.loads(stage_run["metrics/details/baseline.json"])
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,9 @@ steps where lbfgs took hundreds), a fixed seed, one BLAS thread, inputs sorted
 by question id; same inputs, same bytes.
 
 Outputs: metrics/baseline.json (headline figures per task: a DVC metric),
-data/baseline/details.json (every split's full figures, confusion matrices,
-the majority predictor) and data/baseline/predictions.parquet (one row per
+metrics/details/baseline.json (every split's full figures, confusion matrices,
+the majority predictor; small, tracked like the other stages' details) and
+data/baseline/predictions.parquet (one row per
 question: the model's and the majority's option). `n_train` counts train
 questions for the MIMIC tasks and (registry row, hidden feature) training
 examples summed over features for masked_value (`n_train_patients` in the

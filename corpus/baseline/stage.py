@@ -23,7 +23,7 @@ SPLITS = ("train", "val", "test")
 HEADLINE = ("accuracy", "macro_f1", "tpr", "tnr")
 
 METRICS = Path("metrics/baseline.json")
-DETAILS = Path("data/baseline/details.json")
+DETAILS = Path("metrics/details/baseline.json")
 PREDICTIONS = Path("data/baseline/predictions.parquet")
 
 
