@@ -68,12 +68,15 @@ def run_ingest(params_path: Path = Path("params.yaml")) -> dict:
 
 def run_cohorts(params_path: Path = Path("params.yaml")) -> dict:
     params = load_params(params_path)
+    from corpus.stats import cohort_metrics
+
     summary = cohorts_mod.build_cohorts(
         warehouse=MIMIC_WAREHOUSE,
         out=COHORTS,
-        summary_path=COHORTS_SUMMARY,
+        summary_path=DETAILS / "cohorts.json",
         config=cohort_config(params), db=duckdb_config(params)
     )
+    write_json(COHORTS_SUMMARY, cohort_metrics(summary))
     for task, entry in summary["tasks"].items():
         log.info("cohort %s: %d samples, labels %s", task, entry["samples"], entry["by_label"])
     return summary
@@ -84,6 +87,7 @@ def run_registry(params_path: Path = Path("params.yaml")) -> dict:
     per stay) or any registry table (.csv, .csv.gz, .parquet; one row per patient) that
     registry.spec describes, checked and copied as typed parquet."""
     from corpus.registry.build import build_sepsis_registry, load_registry
+    from corpus.stats import registry_metrics, write_stage_figures
 
     params = load_params(params_path)
     registry = registry_config(params)
@@ -98,7 +102,7 @@ def run_registry(params_path: Path = Path("params.yaml")) -> dict:
             registry.source, registry.spec, REGISTRY, registry.window_hours, duckdb_config(params)
         )
         log.info("registry: %d stays, %d with sepsis", summary["stays"], summary["sepsis_stays"])
-    write_json(REGISTRY_SUMMARY, summary)
+    write_stage_figures(REGISTRY_SUMMARY, registry_metrics(summary), DETAILS / "registry.json", summary)
     return summary
 
 
@@ -122,7 +126,7 @@ def _registry_questions(params: dict) -> list[dict]:
 def run_questions(params_path: Path = Path("params.yaml")) -> dict:
     from corpus.questions.mimic import build_mimic_questions
     from corpus.questions.question_sets import publish_question_sets
-    from corpus.stats import question_stats
+    from corpus.stats import question_metrics, question_plot_rows, question_stats, write_stage_figures
 
     params = load_params(params_path)
     config = questions_config(params)
@@ -130,7 +134,8 @@ def run_questions(params_path: Path = Path("params.yaml")) -> dict:
     questions += _registry_questions(params)
     frame = publish_question_sets(questions, config.policies, config.split_fractions, config.seed, QUESTIONS)
     summary = question_stats(frame)
-    write_json(QUESTIONS_SUMMARY, summary)
+    plots = {PLOTS / name: data for name, data in question_plot_rows(frame).items()}
+    write_stage_figures(QUESTIONS_SUMMARY, question_metrics(summary), DETAILS / "questions.json", summary, plots)
     log.info("questions: %s", summary["by_split"])
     return summary
 
@@ -186,6 +191,7 @@ def run_sample(round_: int, params_path: Path = Path("params.yaml"), shard: int 
     from corpus.generate.cache import GenerationCache
     from corpus.generate.prompts import sampling_template
     from corpus.generate.sampling import sample_questions, sample_stats
+    from corpus.stats import sample_metrics, sample_plot_rows, write_stage_figures
 
     params = load_params(params_path)
     config = sample_config(params)
@@ -210,7 +216,9 @@ def run_sample(round_: int, params_path: Path = Path("params.yaml"), shard: int 
     name = "samples.parquet" if config.num_shards == 1 else f"samples.shard-{config.shard}-of-{config.num_shards}.parquet"
     with atomic_path(out / name) as tmp:
         frame.write_parquet(tmp, compression="zstd")
-    write_json(Path("metrics") / f"sample-{round_}.json", stats)
+    write_stage_figures(Path("metrics") / f"sample-{round_}.json", sample_metrics(stats),
+                        DETAILS / f"sample-{round_}.json", stats,
+                        {PLOTS / f"sample-{round_}_accuracy.csv": sample_plot_rows(stats)})
     log.info("round %d: %d samples (%d cached, %d generated), accuracy %.3f",
              round_, frame.height, report.cached, report.generated, stats["accuracy"])
     return stats

@@ -16,13 +16,13 @@ from tests.conftest import DEMO, REPO, SEPSIS, requires_demo
 pytestmark = requires_demo
 
 
-def _sh(args: list[str], cwd: Path) -> str:
+def _sh(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t")
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+    return done.stdout if stdout_only else done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,54 @@ def test_repro_then_noop_then_param_change(pipeline_repo):
     assert _only_stages(changed) == ["cohorts", "questions"]
     import json
 
-    summary = json.loads((pipeline_repo / "metrics/cohorts.json").read_text())
+    summary = json.loads((pipeline_repo / "metrics/details/cohorts.json").read_text())
     assert summary["label_convention"] == "pyhealth"
     assert summary["tasks"]["readmission"]["by_label"]["1"] == 28
+    # The DVC metric holds the headline figures, computed from those details.
+    headline = json.loads((pipeline_repo / "metrics/cohorts.json").read_text())
+    readmission = summary["tasks"]["readmission"]
+    assert headline["tasks"]["readmission"] == {
+        "samples": readmission["samples"],
+        "rarest_label_share": round(min(readmission["by_label"].values()) / readmission["samples"], 4)}
+
+
+# What `dvc metrics show` lists for the data stages: the headline figures only.
+HEADLINE_KEYS = {
+    "data/warehouse/ingest_report.json": {"rows_excluded", "invalid_values"},
+    "metrics/cohorts.json": {f"tasks.{t}.{k}" for t in ("los", "mortality", "readmission")
+                             for k in ("samples", "rarest_label_share")},
+    "metrics/registry.json": {"stays", "sepsis_stays"},
+    "metrics/questions.json": {f"by_task.{t}" for t in ("los", "masked_value", "mortality", "readmission")}
+    | {f"by_split.{s}" for s in ("train", "val", "test")},
+}
+
+
+def _leaves(node: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in node.items():
+        keys |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return keys
+
+
+def test_metrics_show_lists_the_headline_figures_and_plots_render(pipeline_repo):
+    import json
+
+    _sh(["dvc", "repro", "questions"], pipeline_repo)
+    shown = json.loads(_sh(["dvc", "metrics", "show", "--json"], pipeline_repo, stdout_only=True))
+    files = next(iter(shown.values()))["data"]  # the workspace only (DVC 3.67 names it "")
+    for path, keys in HEADLINE_KEYS.items():
+        assert _leaves(files[path]["data"]) == keys, path
+    # The table a user reads stays narrow: 17 columns for these stages, 5 more per sample
+    # round (details elsewhere).
+    assert sum(len(keys) for keys in HEADLINE_KEYS.values()) == 17
+    assert (pipeline_repo / "metrics/details/questions.json").is_file()
+
+    targets = ["metrics/plots/questions_by_task_split.csv", "metrics/plots/context_chars.csv"]
+    plots = json.loads(_sh(["dvc", "plots", "show", "--json", *targets], pipeline_repo, stdout_only=True))
+    assert plots.get("errors") in (None, []), plots["errors"]
+    bars = plots["data"]["metrics/plots/questions_by_task_split.csv"][0]["content"]["data"]["values"]
+    questions = json.loads((pipeline_repo / "metrics/questions.json").read_text())
+    assert sum(int(bar["questions"]) for bar in bars) == sum(questions["by_split"].values())
+    html = pipeline_repo / "plots-html"
+    _sh(["dvc", "plots", "show", "-o", str(html), *targets], pipeline_repo)
+    assert "questions per task and split" in (html / "index.html").read_text()

@@ -50,8 +50,8 @@ def _workdir(root: Path, model: Path, questions: Path, **sample) -> Path:
     return root
 
 
-def _stage(workdir: Path) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+def _stage(workdir: Path, env: dict | None = None) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.Popen([sys.executable, str(REPO / "stages" / "sample.py"), "--round", "1"], cwd=workdir,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -73,7 +73,14 @@ def _cached(workdir: Path) -> int:
 
 
 def _stats(workdir: Path) -> dict:
-    return json.loads((workdir / "metrics" / "sample-1.json").read_text())
+    """Everything the stage counted (metrics/details/); the DVC metrics file holds its headline."""
+    return json.loads((workdir / "metrics" / "details" / "sample-1.json").read_text())
+
+
+def _set_dtype(workdir: Path, dtype: str) -> None:
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["sample"]["transformers"]["dtype"] = dtype
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def test_killed_run_resumes_to_the_same_bytes(tmp_path, model_and_questions):
@@ -82,6 +89,13 @@ def test_killed_run_resumes_to_the_same_bytes(tmp_path, model_and_questions):
     _finish(_stage(whole))
     total = QUESTIONS * K
     assert _stats(whole)["generation"]["generated"] == total
+    # What `dvc metrics show` lists: accuracy, overall and per task; the rest is in the details.
+    headline = json.loads((whole / "metrics/sample-1.json").read_text())
+    details = _stats(whole)
+    assert headline == {"accuracy": details["accuracy"],
+                        "by_task": {t: {"accuracy": e["accuracy"]} for t, e in details["by_task"].items()}}
+    plotted = (whole / "metrics/plots/sample-1_accuracy.csv").read_text().splitlines()
+    assert plotted[0] == "task,accuracy,samples" and len(plotted) == 1 + len(details["by_task"])
 
     killed = _workdir(tmp_path / "killed", model, questions)
     process = _stage(killed)
@@ -109,3 +123,26 @@ def test_killed_run_resumes_to_the_same_bytes(tmp_path, model_and_questions):
     frame = pl.read_parquet(killed / "data/rounds/1/samples.parquet")
     assert frame.height == total and frame["question_id"].n_unique() == QUESTIONS
     assert sorted(frame["k_index"].unique().to_list()) == list(range(K))
+
+
+def test_the_fallback_path_samples_apart_from_this_cpus_own(tmp_path, model_and_questions):
+    """The stage as a CPU without AVX512-BF16 runs it (float32, native kernels off), forced
+    here: its fingerprint says so, and this CPU's own path (dtype auto) reuses those
+    samples from the cache only where it is the same path."""
+    from corpus.generate.hf_sampler import resolve_dtype
+    from tests.conftest import FALLBACK_ENV
+
+    model, questions = model_and_questions
+    work = _workdir(tmp_path / "fallback", model, questions, limit=4)
+    _set_dtype(work, "float32")
+    _finish(_stage(work, env=FALLBACK_ENV))
+    fallback = _stats(work)
+    assert (fallback["generator"]["dtype"], fallback["generator"]["decode_attention"]) == ("float32", "torch")
+    assert fallback["generation"]["generated"] == 4 * K
+    _set_dtype(work, "auto")
+    _finish(_stage(work))
+    own = _stats(work)
+    assert own["generator"]["dtype"] == resolve_dtype("auto")
+    same_path = own["generator"] == fallback["generator"]
+    assert same_path == (resolve_dtype("auto") == "float32")  # the tiny model's heads never take the kernels
+    assert own["generation"]["generated"] == (0 if same_path else 4 * K)
