@@ -38,7 +38,7 @@ def summary_path(round_: int) -> Path:
 
 
 def loss_curve_path(round_: int, phase: str) -> Path:
-    return Path("metrics") / f"train-{round_}-{phase}-loss.json"
+    return Path("metrics") / "plots" / f"train-{round_}-{phase}-loss.json"
 
 
 def file_md5(path: Path) -> str:
@@ -108,7 +108,7 @@ def _train_grpo(config: TrainConfig, sft_out: Path, questions: dict[str, dict], 
     from corpus.train.grpo import GRPOSettings, train_grpo
     from corpus.train.trainers import PhaseResult
 
-    settings = GRPOSettings(**config.grpo)
+    settings = GRPOSettings.from_params(config.grpo)
     result = train_grpo(sft_out, sorted(questions.values(), key=lambda q: q["id"]), out, settings,
                         seed=config.seed, cpu=config.profile == "cpu")
     return PhaseResult("grpo", records=len(questions), records_used=len(questions), steps=result.get("steps", 0),
