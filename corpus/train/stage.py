@@ -97,10 +97,17 @@ def run_train(round_: int, params_path: Path = Path("params.yaml"), *, base_mode
         "data_md5": data,
         "profile": profile.describe(),
     }
-    write_json(out_root / summary_path(round_), summary)
-    for name, result in phases.items():
-        write_json(out_root / loss_curve_path(round_, name), result.log_history)
+    if _is_main_process():
+        write_json(out_root / summary_path(round_), summary)
+        for name, result in phases.items():
+            write_json(out_root / loss_curve_path(round_, name), result.log_history)
     return summary
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def _train_grpo(config: TrainConfig, sft_out: Path, questions: dict[str, dict], out: Path, provenance: dict):

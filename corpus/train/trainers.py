@@ -125,7 +125,12 @@ def _run(phase_name: str, trainer_factory, model_dir: Path, out_dir: Path, fitte
     if not fitted.rows:
         result.skipped = f"no {phase_name} records: the {phase_name} model is a copy of its input model"
         log.warning("%s: %s", out_dir, result.skipped)
-        copy_model(model_dir, out_dir, {**provenance, "skipped": result.skipped})
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.is_main_process:
+            copy_model(model_dir, out_dir, {**provenance, "skipped": result.skipped})
+        state.wait_for_everyone()
         return result
     started = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +142,11 @@ def _run(phase_name: str, trainer_factory, model_dir: Path, out_dir: Path, fitte
         result.steps = int(trainer.state.global_step)
         result.final_loss = _final_loss(trainer)
         result.log_history = _history(trainer)
-        save_model(trainer.model, trainer.processing_class, out_dir, {**provenance, **result.summary()})
+        # Under `accelerate launch` every process trains; one writes the folder.
+        trainer.accelerator.wait_for_everyone()
+        if trainer.accelerator.is_main_process:
+            save_model(trainer.model, trainer.processing_class, out_dir, {**provenance, **result.summary()})
+        trainer.accelerator.wait_for_everyone()
     log.info("%s: %d step(s) on %d record(s) in %.1f s, final loss %s", phase_name, result.steps,
              result.records_used, result.seconds, result.final_loss)
     return result
