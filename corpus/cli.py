@@ -142,6 +142,35 @@ def sample(
 
 
 @app.command()
+def train(
+    round_: int = typer.Option(1, "--round", help="Round whose pair files are trained on (data/rounds/<round>/)."),
+    params: Path = ParamsOption,
+) -> None:
+    """TRL SFT from the base model, then DPO (or GRPO) from the SFT model (stage `train@<round>`).
+
+    Writes models/round-<round>/sft/ and models/round-<round>/<train.method>/ and
+    metrics/train-<round>.json. Several GPUs: `accelerate launch --multi_gpu
+    --num_processes 8 stages/train.py --round 1` with train.profile gpu.
+    """
+    from corpus.train.stage import run_train
+
+    summary = _run(lambda: run_train(round_, params))
+    console.print_json(json.dumps({k: v for k, v in summary.items() if k != "profile"}))
+
+
+@app.command()
+def evaluate(
+    round_: int = typer.Option(None, "--round", help="Round whose SFT and preference models answer (omit: the base model)."),
+    params: Path = ParamsOption,
+) -> None:
+    """Answer the test split greedily and score it per task (stages `evaluate_base`, `evaluate@<round>`)."""
+    from corpus.evaluate import run_evaluate, run_evaluate_base
+
+    results = _run((lambda: run_evaluate_base(params)) if round_ is None else (lambda: run_evaluate(round_, params)))
+    console.print_json(json.dumps({model: result["headline"] for model, result in results.items()}))
+
+
+@app.command()
 def leaks(
     input: Path = typer.Option(..., "--input", help="JSON lines with `rationale`, `hint`, an optional `answer` (gold option text) and `id`."),
     output: Path = typer.Option(None, "--output", help="Where to write the verdicts (default: standard output)."),
