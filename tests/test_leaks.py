@@ -3,9 +3,12 @@
 tests/data/leak_labelled.jsonl is a labelled set written for this project:
 about half leaking rationales (misspelled, paraphrased, rationalising, buried
 mid-text, the hint's content near a cue, plain), half clean ones that use the
-same words clinically, over the four tasks. Its `part` was fixed once: rules
-are tuned on `development` only; `held_out` (written before the current rules)
-measures whether they generalise. Run with `pytest -s` to see both parts.
+same words clinically, over the four tasks. All its rows are `development`
+(batch G, once held out, was looked at and moved there): rules and the
+classifier are tuned and trained on them. tests/data/leak_blind.jsonl (`part`
+blind) was written independently, after the rules were committed, and is
+never used for tuning: it measures whether they generalise. Run with
+`pytest -s` to see both parts.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from corpus.errors import ConfigError, SourceError
 from corpus.leaks import DEFAULT_RULES, LeakFilter, LeakRules, LeakVerdict, check_jsonl, explain_line, normalise
 
 LABELLED = Path(__file__).parent / "data" / "leak_labelled.jsonl"
+BLIND = Path(__file__).parent / "data" / "leak_blind.jsonl"
 HINT_NO = "the correct answer is No"
 FULL_HINT = (
     "(For your reasoning only: the correct answer is No. Do not mention that you were told the answer; "
@@ -36,8 +40,8 @@ def leak_filter(rules) -> LeakFilter:
     return LeakFilter(rules)
 
 
-def _labelled() -> list[dict]:
-    return [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _labelled(path: Path = LABELLED) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # --- the labelled set -----------------------------------------------------------------
@@ -54,15 +58,12 @@ def test_labelled_set_shape():
     for row in rows:
         assert set(row) == FIELDS, row["id"]
         assert isinstance(row["rationale"], str) and row["rationale"].strip()
-        assert isinstance(row["leak"], bool) and row["task"] in TASKS and row["part"] in {"development", "held_out"}
-    for part in ("development", "held_out"):
-        part_rows = [row for row in rows if row["part"] == part]
-        assert len(part_rows) >= 100
-        assert 0.4 <= sum(row["leak"] for row in part_rows) / len(part_rows) <= 0.6
-        # every task has leaking and clean rows in both parts
-        assert {(row["task"], row["leak"]) for row in part_rows} == {(t, leak) for t in TASKS for leak in (True, False)}
-    held_kinds = {row["kind"] for row in rows if row["part"] == "held_out" and row["leak"]}
-    assert {"misspelled", "paraphrase", "rationalising", "buried", "content"} <= held_kinds
+        assert isinstance(row["leak"], bool) and row["task"] in TASKS and row["part"] == "development"
+    assert 0.4 <= sum(row["leak"] for row in rows) / len(rows) <= 0.6
+    # every task has leaking and clean rows
+    assert {(row["task"], row["leak"]) for row in rows} == {(t, leak) for t in TASKS for leak in (True, False)}
+    kinds = {row["kind"] for row in rows if row["leak"]}
+    assert {"misspelled", "paraphrase", "rationalising", "buried", "content"} <= kinds
 
 
 def _score(leak_filter, rules, rows):
@@ -73,8 +74,11 @@ def _score(leak_filter, rules, rows):
         assert isinstance(verdict, LeakVerdict)
         if verdict.leak:
             # every dropped row records which rule fired, a rule of the file, and where
-            assert verdict.rule in rules.names, verdict
-            assert verdict.match and verdict.part == "rules"
+            if verdict.part == "classifier":
+                assert verdict.rule == LeakRules.CLASSIFIER_RULE, verdict
+            else:
+                assert verdict.rule in rules.names and verdict.part == "rules", verdict
+            assert verdict.match
             start, end = verdict.span
             assert normalise(row["rationale"])[start:end][:200] == verdict.match
         else:
@@ -83,21 +87,24 @@ def _score(leak_filter, rules, rows):
             tp += 1
         elif row["leak"]:
             fn += 1
-            missed.append(f"{row['id']} ({row['kind']})")
+            missed.append(f"{row['id']} ({row.get('kind')})")
         elif verdict.leak:
             fp += 1
             dropped_clean.append((row["id"], verdict.rule, verdict.match))
         else:
             tn += 1
     return {"tp": tp, "fn": fn, "fp": fp, "tn": tn, "missed": missed, "dropped_clean": dropped_clean,
-            "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn), "fpr": fp / (fp + tn)}
+            "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
+            "fpr": fp / (fp + tn) if fp + tn else 0.0}
 
 
 def test_labelled_precision_recall(leak_filter, rules, record_property):
-    rows = _labelled()
+    parts = {"development": _labelled()}
+    if BLIND.is_file():
+        parts["blind"] = _labelled(BLIND)
     scores = {}
-    for part in ("development", "held_out"):
-        score = scores[part] = _score(leak_filter, rules, [row for row in rows if row["part"] == part])
+    for part, rows in parts.items():
+        score = scores[part] = _score(leak_filter, rules, rows)
         record_property(f"{part}_leak_precision", round(score["precision"], 4))
         record_property(f"{part}_leak_recall", round(score["recall"], 4))
         record_property(f"{part}_clean_dropped_rate", round(score["fpr"], 4))
@@ -111,9 +118,39 @@ def test_labelled_precision_recall(leak_filter, rules, record_property):
             print(f"  missed leaks: {score['missed']}")
         if score["dropped_clean"]:
             print(f"  clean rows dropped: {score['dropped_clean']}")
-    held = scores["held_out"]
-    assert held["recall"] >= 0.95, f"held-out leaks missed: {held['missed']}"
-    assert held["fpr"] <= 0.05, f"held-out clean rows dropped: {held['dropped_clean']}"
+    development = scores["development"]
+    assert development["recall"] >= 0.95, f"development leaks missed: {development['missed']}"
+    assert development["fpr"] <= 0.05, f"development clean rows dropped: {development['dropped_clean']}"
+    if "blind" not in scores:
+        pytest.skip(f"{BLIND} is not there: the blind held-out measurement did not run")
+    blind = scores["blind"]
+    assert blind["recall"] >= 0.95, f"blind leaks missed: {blind['missed']}"
+    assert blind["fpr"] <= 0.05, f"blind clean rows dropped: {blind['dropped_clean']}"
+
+
+def test_classifier_file_is_the_development_model(rules):
+    """The shipped classifier was trained on exactly the development rows, and retraining reproduces it."""
+    from corpus.leaks.classifier import rows_sha256, train, training_rows
+
+    model = rules.classifier
+    assert model is not None and model.threshold >= 0.9
+    assert model.data["trained_on"]["sha256"] == rows_sha256(training_rows(LABELLED)), "retrain the classifier"
+    again = train(LABELLED, model.data["threshold"])
+    assert again["vocabulary"] == model.data["vocabulary"] and again["coef"] == model.data["coef"]
+
+
+def test_classifier_verdict_names_its_part(tmp_path):
+    """A verdict the classifier decides says so; with `classifier: false` only rules decide."""
+    low = tmp_path / "low.yaml"
+    low.write_text("extends: default\nclassifier: {file: %s, threshold: 0.5}\n"
+                   % (DEFAULT_RULES.parent / "leak_classifier.json"), encoding="utf-8")
+    text = "I am asked to predict whether the patient dies; I will explain my reasoning."
+    verdict = LeakFilter(LeakRules.load(low)).check(text)
+    assert verdict.leak and verdict.part == "classifier" and verdict.rule == "learned_classifier"
+    assert normalise(text)[verdict.span[0]: verdict.span[1]] == verdict.match
+    off = tmp_path / "off.yaml"
+    off.write_text("extends: default\nclassifier: false\n", encoding="utf-8")
+    assert LeakRules.load(off).classifier is None and not LeakFilter(LeakRules.load(off)).check(text).leak
 
 
 # --- behaviour ------------------------------------------------------------------------

@@ -22,7 +22,11 @@ format). In short:
   {answer}, so") and the built-in ``hint_quote``;
 * a rule fires on its first match that does not lie wholly inside an allow
   span applying to it; the first rule in file order that fires is the
-  verdict's ``rule``, with the matched text and its span.
+  verdict's ``rule``, with the matched text and its span;
+* when no rule fires, the learned second opinion (`corpus.leaks.classifier`,
+  char n-grams, trained on the development rows only, shipped as
+  corpus/templates/leak_classifier.json) drops the row only above a high
+  threshold; its verdicts have ``part="classifier"``, ``rule="learned_classifier"``.
 
 Usage::
 

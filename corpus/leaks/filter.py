@@ -15,7 +15,9 @@ _MAX_MATCH = 200  # characters of the matched text kept in a verdict
 @dataclass(frozen=True)
 class LeakVerdict:
     """``span``: [start, end) of ``match`` in the normalised rationale (`normalise`);
-    ``part``: which part of the filter decided ("rules")."""
+    ``part``: which part of the filter decided: "rules", or "classifier" (the learned
+    second opinion, asked only when no rule fired; ``rule`` is then "learned_classifier"
+    and ``match`` the sentence it scored highest)."""
 
     leak: bool
     rule: str | None = None
@@ -64,6 +66,12 @@ class LeakFilter:
             if found is not None:
                 start, end = text.to_norm(*found)
                 return LeakVerdict(True, rule.name, text.norm[start:end][:_MAX_MATCH], (start, end), "rules")
+        model = self.rules.classifier
+        if model is not None and model.probability(rationale) >= model.threshold:
+            # only when no rule fired, and only above a high threshold: a second opinion, not a vote
+            start, end = model.top_sentence(text.norm)
+            return LeakVerdict(True, LeakRules.CLASSIFIER_RULE, text.norm[start:end][:_MAX_MATCH], (start, end),
+                               "classifier")
         return _CLEAN
 
     def _hint_parts(self, hint: str, answer: str) -> "_HintParts":

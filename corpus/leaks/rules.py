@@ -157,8 +157,13 @@ class LeakRules:
     source: str
     fingerprint: str  # sha256 (16 hex) of the effective rules' content and the word list's version
     spelling: Spelling | None = None
+    classifier: "LeakClassifier | None" = None  # the learned second opinion (corpus.leaks.classifier)
+
+    CLASSIFIER_RULE = "learned_classifier"  # the `rule` of a verdict the classifier decided
 
     def why(self, name: str) -> str:
+        if name == self.CLASSIFIER_RULE:
+            return "the learned second opinion (char n-grams) scored the rationale as a leak; no rule fired"
         return next((rule.why for rule in self.rules if rule.name == name), "")
 
     @property
@@ -174,14 +179,18 @@ class LeakRules:
         rule_entries, allow_entries, spelling_entries = _read_entries(path, seen=())
         rules, allow = _build(rule_entries, allow_entries)
         spelling = _spelling(spelling_entries)
+        classifier = _classifier(path)
         content = json.dumps(
             {"rules": [entry for entry, _ in rule_entries], "allow": [entry for entry, _ in allow_entries],
              "spelling": [entry for entry, _ in spelling_entries],
              # the English word list decides what counts as a misspelling
-             "words": metadata.version("pyspellchecker") if spelling else None},
+             "words": metadata.version("pyspellchecker") if spelling else None,
+             # the classifier file's bytes and threshold decide its verdicts
+             "classifier": [classifier.sha256, classifier.threshold] if classifier else None},
             sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
         )
-        return cls(rules, allow, str(path), hashlib.sha256(content.encode("utf-8")).hexdigest()[:16], spelling)
+        return cls(rules, allow, str(path), hashlib.sha256(content.encode("utf-8")).hexdigest()[:16], spelling,
+                   classifier)
 
 
 def _read_entries(path: Path, seen: tuple[Path, ...]):
@@ -199,7 +208,7 @@ def _read_entries(path: Path, seen: tuple[Path, ...]):
         raise ConfigError(f"leak rules file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"leak rules file {path}: expected a mapping with `rules:` (and `allow:`), found {type(data).__name__}")
-    unknown = set(data) - {"version", "extends", "rules", "allow", "spelling"}
+    unknown = set(data) - {"version", "extends", "rules", "allow", "spelling", "classifier"}
     if unknown:
         raise ConfigError(f"leak rules file {path}: unknown top-level keys {sorted(unknown)}; "
                           "expected version, extends, spelling, rules, allow")
@@ -230,6 +239,31 @@ def _read_entries(path: Path, seen: tuple[Path, ...]):
     if extends is None and not rules:
         raise ConfigError(f"leak rules file {path}: no rules (add `rules:`, or `extends: default`)")
     return rules, allow, spelling
+
+
+def _classifier(path: Path):
+    """The `classifier:` section of the file (or, with `extends: default`, of the default):
+    {file: a model next to the rules file, threshold: optional override}; none: no classifier."""
+    from corpus.leaks.classifier import LeakClassifier
+
+    for source in (path, DEFAULT_RULES):
+        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        section = data.get("classifier")
+        if section is None:
+            if source == path and data.get("extends") != "default":
+                return None
+            continue
+        if section is False:
+            return None
+        if not isinstance(section, dict) or not isinstance(section.get("file"), str):
+            raise ConfigError(f"leak rules file {source}: `classifier` must be a mapping with `file:` (or false)")
+        model = LeakClassifier.load(source.parent / section["file"])
+        threshold = section.get("threshold", model.threshold)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.5 <= threshold <= 1:
+            raise ConfigError(f"leak rules file {source}: classifier `threshold` must be a number from 0.5 to 1")
+        model.threshold = float(threshold)
+        return model
+    return None
 
 
 _SPELLING_INTS = ("max_edits", "long_word", "min_length", "known_word_min_count")
