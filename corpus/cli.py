@@ -200,6 +200,37 @@ def leaks(
     console.print(f"{output}: {summary['rows']} row(s), {summary['leaks']} leak(s) {summary['by_rule']}")
 
 
+@app.command()
+def diff(
+    old: str = typer.Argument(..., help="OLD side: a git revision or DVC experiment (HEAD~1, v1.2, an exp name), round:N, or a folder/file."),
+    new: str = typer.Argument(..., help="NEW side, the same forms."),
+    artifact: str = typer.Option("dpo", "--artifact", help="Which records to key: dpo | sft | questions | samples | regenerated."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (schemas/diff_report.schema.json, schema_version 1)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the report as Markdown (a pull request comment)."),
+    fail_on: list[str] = typer.Option(None, "--fail-on", help="Exit 1 when METRIC OP VALUE holds, e.g. removed>0.2 (fraction of OLD), added>100 (count), leak_drop_rate>0.1. Repeatable; names in corpus/versions/gates.py."),
+    examples: int = typer.Option(3, "--examples", help="Example rows per kind (added, removed, each change kind), with a word diff."),
+    round_: str = typer.Option(None, "--round", help="Round of a revision or repository side (default: its latest round with files)."),
+    repo: Path = typer.Option(Path("."), "--repo", help="Repository that revisions and round:N are read from."),
+    max_ids: int = typer.Option(1000, "--max-ids", help="At most this many ids per kind in --json."),
+) -> None:
+    """Row-level diff of preference data (or questions, samples) between two versions.
+
+    Records are keyed by id and question id: unchanged (same id), changed
+    (DPO: chosen, rejected, both or only the prompt; SFT: completion or prompt),
+    added, removed; then per-task and per-label counts, text length percentiles,
+    questions that moved between hard and easy, leak-filter reasons,
+    regeneration yield, params that differ and generator fingerprints. Revisions
+    are read through DVC's cache, never by checking out the work tree. Exit
+    code: 0, 1 when a --fail-on threshold trips, 2 when a side or an expression
+    is wrong.
+    """
+    from corpus.versions.compare import run
+
+    if artifact not in ("dpo", "sft", "questions", "samples", "regenerated"):
+        raise typer.BadParameter(f"--artifact {artifact!r}: expected dpo, sft, questions, samples or regenerated")
+    raise typer.Exit(run(old, new, artifact, as_json, markdown, fail_on, examples, round_, repo, max_ids))
+
+
 cache_app = typer.Typer(help="Inspect and join content-addressed generation caches.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
