@@ -231,6 +231,66 @@ def diff(
     raise typer.Exit(run(old, new, artifact, as_json, markdown, fail_on, examples, round_, repo, max_ids))
 
 
+@app.command()
+def lineage(
+    record_id: str = typer.Argument(..., help="An SFT or DPO record id, or a question id."),
+    round_: int = typer.Option(None, "--round", help="Look only in this round (default: every round with pair files)."),
+    root: Path = typer.Option(Path("."), "--root", help="The version's folder (a checkout or a copy of its data)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the chain as JSON."),
+) -> None:
+    """Trace one record back: sample rows (generator, seed, k index, hinted, leak verdict) -> question ->
+    cohort or registry row -> ingest report and source-file md5s, with the dvc.lock hash of each artifact."""
+    from corpus.versions.layout import Layout
+    from corpus.versions.lineage import trace
+    from corpus.versions.lineage_view import render_chain
+
+    layout = Layout(root)
+    chain = _run(lambda: trace(layout, record_id, layout.pick_rounds([round_]) if round_ is not None else None))
+    if as_json:
+        typer.echo(json.dumps(chain, indent=2, sort_keys=True, default=str))
+    else:
+        from rich.console import Console
+
+        Console(soft_wrap=True).print(render_chain(chain))
+
+
+@app.command()
+def publish(
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub dataset repository, ORG/NAME."),
+    version: str = typer.Option(..., "--version", help="Version tag, vMAJOR.MINOR (e.g. v1.0)."),
+    rounds: str = typer.Option("latest", "--rounds", help="Rounds whose pair files go in: latest, all, or e.g. 1,2."),
+    out: Path = typer.Option(None, "--out", help="Folder to build (default: .cache/publish/<name>-<version>)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private (required for credentialed sources)."),
+    revision: str = typer.Option("main", "--revision", help="Branch the commit goes to."),
+    push: bool = typer.Option(False, "--push", help="Upload: create_repo, upload_folder (one commit), create_tag."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build and check the folder, print what --push would upload; upload nothing."),
+    root: Path = typer.Option(Path("."), "--root", help="The version's folder (a checkout or a copy of its data)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan (and the push result) as JSON."),
+) -> None:
+    """Build a Hub-ready dataset folder (card with licences and lineage; parquet for configs questions, sft,
+    dpo), check it with datasets.load_dataset, then --dry-run prints the upload plan or --push uploads it.
+
+    Credentialed data (params.yaml mimic.open_data: false) is refused for any repository that is not --private.
+    The Hub token comes from HF_TOKEN or the stored login and is never printed or written."""
+    from corpus.versions import publish as publishing
+
+    request = _run(lambda: publishing.PublishRequest(repo_id=repo_id, version=version, rounds=rounds, out=out,
+                                                     private=private, revision=revision, root=root))
+    built = _run(lambda: publishing.build_folder(request))
+    loaded = _run(lambda: publishing.verify_folder(built))
+    _run(lambda: publishing.assert_no_token(built.folder))
+    plan = publishing.upload_plan(request, built)
+    console.print(f"{built.folder}: checked with datasets.load_dataset: {loaded}")
+    uploading = push and not dry_run
+    typer.echo(json.dumps(plan, indent=2) if as_json else publishing.render_plan(plan, dry_run=not uploading))
+    if not uploading:
+        if not dry_run:
+            console.print("folder built; nothing uploaded (add --push to upload, --dry-run to only print the plan)")
+        return
+    result = _run(lambda: publishing.push(request, built, plan))
+    typer.echo(json.dumps(result, indent=2) if as_json else f"pushed {result['repo_id']} commit {result['commit']} tag {result['tag']}")
+
+
 cache_app = typer.Typer(help="Inspect and join content-addressed generation caches.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
