@@ -251,7 +251,7 @@ def lineage(
     else:
         from rich.console import Console
 
-        Console(soft_wrap=True).print(render_chain(chain))
+        Console(highlight=False).print(render_chain(chain))
 
 
 @app.command()
