@@ -156,7 +156,10 @@ def evaluate_models(models: dict[str, Path], name: str, params_path: Path = Path
                  results[label]["headline"]["accuracy"], results[label]["headline"]["macro_f1"], len(questions))
     answers = pl.concat(frames)
     metrics_dir = out_root / "metrics"
-    write_json(metrics_dir / f"{name}.json", {label: r["headline"] for label, r in results.items()})
+    # One model: its headline at the top level (the keys baseline.json uses too); several: per model.
+    headline = ({label: r["headline"] for label, r in results.items()} if len(results) > 1
+                else next(iter(results.values()))["headline"])
+    write_json(metrics_dir / f"{name}.json", headline)
     write_json(metrics_dir / "details" / f"{name}.json", {
         "split": config.split, "limit_per_task": config.limit, "questions": len(questions),
         "models": {label: {"path": str(models[label]), "by_task": r["by_task"], "generation": generation[label]}

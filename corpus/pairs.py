@@ -200,6 +200,7 @@ def pairs_stats(sft: list[dict], dpo: list[dict], samples: pl.DataFrame, regener
     regeneration_drops = {"leak": sum(n for r, n in reasons.items() if r.startswith("leak:")),
                           "regenerated_wrong_answer": reasons.get("wrong answer", 0),
                           "regenerated_no_answer": sum(n for r, n in reasons.items() if r.startswith("no answer"))}
+    dropped = dict(sorted({**drops, **regeneration_drops}.items()))
     return {
         "sft_records": len(sft),
         "dpo_pairs": len(dpo),
@@ -207,8 +208,17 @@ def pairs_stats(sft: list[dict], dpo: list[dict], samples: pl.DataFrame, regener
         "samples": samples.height,
         "hard_questions": len(hard_ids),
         "regeneration_yield": round(kept.height / regenerated.height, 4) if regenerated.height else 0.0,
-        "dropped": dict(sorted({**drops, **regeneration_drops}.items())),
+        "dropped": dropped,
+        "dropped_total": sum(dropped.values()),
     }
+
+
+# What pairs_stats.json (the DVC metric) shows; the rest of pairs_stats() goes to pairs_details.json.
+HEADLINE = ("sft_records", "dpo_pairs", "hard_questions", "regeneration_yield", "dropped_total")
+
+
+def headline_stats(stats: dict) -> dict:
+    return {key: stats[key] for key in HEADLINE}
 
 
 def _rationale_lengths(records: list[dict], field: str, rationales: dict[str, int]) -> list[int]:

@@ -298,7 +298,8 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
     from corpus.atomic import canonical_json
     from corpus.generate.prompts import sampling_template
     from corpus.pairs import (
-        dpo_records, drop_counts, guard_contamination, length_quantiles, pairs_details, pairs_stats, sft_records,
+        dpo_records, drop_counts, guard_contamination, headline_stats, length_quantiles, pairs_details, pairs_stats,
+        sft_records,
     )
 
     params = load_params(params_path)
@@ -324,9 +325,10 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
             tmp.write_text("".join(canonical_json(r) + "\n" for r in records), encoding="utf-8")
     stats = pairs_stats(sft, dpo, samples, regenerated, hard_question_ids(samples, regen.hard_threshold),
                         drop_counts(correct_pool, samples, config))
-    write_json(folder / "pairs_stats.json", stats)
+    write_json(folder / "pairs_stats.json", headline_stats(stats))
     write_json(folder / "pairs_details.json",
-               pairs_details(sft, dpo, questions, correct_pool, regenerated, config.min_rationale_chars))
+               {**pairs_details(sft, dpo, questions, correct_pool, regenerated, config.min_rationale_chars),
+                "stats": stats})
     for side in ("chosen", "rejected"):
         with atomic_path(folder / "pairs_plots" / f"{side}_lengths.csv") as tmp:
             tmp.write_text(length_quantiles(dpo, side), encoding="utf-8")

@@ -82,6 +82,9 @@ def test_fitter_keeps_short_prompts_as_the_pairs_stage_wrote_them_and_cuts_long_
     # The question, its answer format and the completion survive the cut.
     assert question["question"] in user and "\\boxed{{ANSWER}}".replace("{{", "{").replace("}}", "}") in user
     assert tight.rows[0]["completion"] == record["completion"]
+    # Too long even with no history left: left out and counted, never cut at the answer.
+    hopeless = RecordFitter(tokenizer, sampling_template(), {"q1": question}, 40).sft([record], "sft.jsonl")
+    assert hopeless.rows == [] and hopeless.over_budget == 1
     with pytest.raises(CorpusError, match="sft.jsonl: record s-q9 names question q9"):
         RecordFitter(tokenizer, sampling_template(), {}, 512).sft([_sft_record(_question("q9"), "x")], "sft.jsonl")
 

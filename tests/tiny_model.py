@@ -97,7 +97,7 @@ WARM_UP_TAIL = 24
 
 
 def warm_up_boxed(model_dir: Path, questions: list[dict], out: Path, steps: int = 60,
-                  tail: int | None = WARM_UP_TAIL) -> Path:
+                  tail: int | None = WARM_UP_TAIL, labels_per_question: int | None = None) -> Path:
     """Teach the random tiny Llama to reply `\\boxed{<label>}`, every option label equally likely.
 
     An SFT warm-up in miniature: the model learns the answer format and no
@@ -108,7 +108,9 @@ def warm_up_boxed(model_dir: Path, questions: list[dict], out: Path, steps: int 
     quick on two shared cores, and the tiny model, which attends mostly to
     the last tokens, then answers whole prompts in the format. `tail=None`
     trains on whole prompts (long real ones need it: the model must learn to
-    answer past a long history).
+    answer past a long history). `labels_per_question` trains only that many
+    labels per question (the gold one and the next ones in option order), so
+    samples of a question are split between a right and a wrong answer.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,7 +125,12 @@ def warm_up_boxed(model_dir: Path, questions: list[dict], out: Path, steps: int 
         prompt = tokenizer.apply_chat_template(question_messages(question, template), add_generation_prompt=True,
                                                tokenize=False)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-(tail or 0):]
-        for label in answer_labels(list(question["options"])):
+        labels = answer_labels(list(question["options"]))
+        if labels_per_question is not None:
+            gold = labels[list(question["options"]).index(question["answer"])]
+            start = labels.index(gold)
+            labels = [labels[(start + i) % len(labels)] for i in range(labels_per_question)]
+        for label in labels:
             reply_ids = tokenizer(f"\\boxed{{{label}}}<|im_end|>", add_special_tokens=False)["input_ids"]
             examples.append((prompt_ids + reply_ids, len(prompt_ids)))
     width = max(len(ids) for ids, _ in examples)

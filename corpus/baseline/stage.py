@@ -143,12 +143,24 @@ def baseline_from_files(params: dict, questions_dir: Path, cohorts_dir: Path, wa
                               config)
 
 
+def summary_metrics(metrics: dict) -> dict:
+    """The DVC metric: the same two headline keys as the LLM evaluations (metrics/base.json),
+    over the fitted tasks: accuracy weighted by test questions, macro-F1 averaged over tasks.
+    The per-task entries stay in the details file ("headline")."""
+    fitted = [entry for entry in metrics.values() if "accuracy" in entry and entry.get("n_test")]
+    if not fitted:
+        return {"accuracy": None, "macro_f1": None}
+    n = sum(entry["n_test"] for entry in fitted)
+    return {"accuracy": round(sum(entry["accuracy"] * entry["n_test"] for entry in fitted) / n, 4),
+            "macro_f1": round(sum(entry["macro_f1"] for entry in fitted) / len(fitted), 4)}
+
+
 def write_outputs(metrics: dict, details: dict, predictions: pl.DataFrame, metrics_path: Path = METRICS,
                   details_path: Path = DETAILS, predictions_path: Path = PREDICTIONS) -> None:
     with atomic_path(predictions_path) as tmp:
         predictions.write_parquet(tmp, compression="zstd")
-    write_json(details_path, details)
-    write_json(metrics_path, metrics)
+    write_json(details_path, {**details, "headline": metrics})
+    write_json(metrics_path, summary_metrics(metrics))
 
 
 def run_baseline(params_path: Path = Path("params.yaml")) -> dict:

@@ -65,7 +65,7 @@ def fit_context(context: str, fits: Callable[[str], bool]) -> tuple[str, bool]:
 class FittedRecords:
     rows: list[dict]
     truncated: int  # records whose history was cut
-    over_budget: int  # records still over max_length with no history left to cut
+    over_budget: int  # records left out: over max_length even with no history left
 
 
 class RecordFitter:
@@ -102,20 +102,21 @@ class RecordFitter:
         context, truncated = fit_context(question["context"], fits)
         return messages_for(context), truncated, not fits(context)
 
-    def sft(self, records: list[dict], source: str) -> FittedRecords:
+    def _fit(self, records: list[dict], source: str, fields: tuple[str, ...]) -> FittedRecords:
         rows, truncated, over = [], 0, 0
         for record in records:
-            prompt, cut, still_over = self.prompt(record, [record["completion"]], source)
-            rows.append({"prompt": prompt, "completion": record["completion"]})
+            prompt, cut, still_over = self.prompt(record, [record[f] for f in fields], source)
+            if still_over:
+                # Even with no history left the question and its answer do not fit: training on it
+                # would cut the answer (TRL truncates the end), so the record is left out, counted.
+                over += 1
+                continue
+            rows.append({"prompt": prompt, **{f: record[f] for f in fields}})
             truncated += cut
-            over += still_over
         return FittedRecords(rows, truncated, over)
 
+    def sft(self, records: list[dict], source: str) -> FittedRecords:
+        return self._fit(records, source, ("completion",))
+
     def dpo(self, records: list[dict], source: str) -> FittedRecords:
-        rows, truncated, over = [], 0, 0
-        for record in records:
-            prompt, cut, still_over = self.prompt(record, [record["chosen"], record["rejected"]], source)
-            rows.append({"prompt": prompt, "chosen": record["chosen"], "rejected": record["rejected"]})
-            truncated += cut
-            over += still_over
-        return FittedRecords(rows, truncated, over)
+        return self._fit(records, source, ("chosen", "rejected"))

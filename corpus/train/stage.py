@@ -37,6 +37,14 @@ def summary_path(round_: int) -> Path:
     return Path("metrics") / f"train-{round_}.json"
 
 
+def details_path(round_: int) -> Path:
+    return Path("metrics") / "details" / f"train-{round_}.json"
+
+
+# Keys of each phase in metrics/train-<r>.json.
+HEADLINE = ("steps", "final_loss", "seconds")
+
+
 def loss_curve_path(round_: int, phase: str) -> Path:
     return Path("metrics") / "plots" / f"train-{round_}-{phase}-loss.json"
 
@@ -98,7 +106,11 @@ def run_train(round_: int, params_path: Path = Path("params.yaml"), *, base_mode
         "profile": profile.describe(),
     }
     if _is_main_process():
-        write_json(out_root / summary_path(round_), summary)
+        # The DVC metric holds what runs are compared on; the rest (records, truncation,
+        # the md5 of the pair files, the profile) goes to the details file beside it.
+        write_json(out_root / summary_path(round_),
+                   {name: {key: summary[name][key] for key in HEADLINE} for name in phases})
+        write_json(out_root / details_path(round_), summary)
         for name, result in phases.items():
             write_json(out_root / loss_curve_path(round_, name), result.log_history)
     return summary

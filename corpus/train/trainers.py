@@ -33,7 +33,7 @@ MODEL_FILES = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model")
 class PhaseResult:
     phase: str
     records: int
-    records_used: int
+    records_used: int  # trained on: after the caps and the max_length fit
     steps: int = 0
     final_loss: float | None = None
     seconds: float = 0.0
