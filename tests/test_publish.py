@@ -122,3 +122,114 @@ def test_bad_version_repo_and_round_are_named(tmp_path, hub_env):
                                                   "--version", "v1.0"]).output
     missing = _publish(root, tmp_path / "out", "--rounds", "3")
     assert missing.exit_code == 1 and "round(s) [3]" in missing.output
+
+
+class _FakeHub:
+    """The few Hub endpoints create_repo, repo_info, list_repo_refs, upload_folder and create_tag call, on localhost.
+
+    Every file is answered as a regular (not LFS) upload, so the commit carries the bytes inline and the
+    test sees exactly what huggingface_hub sent, and with which Authorization header.
+    """
+
+    def __init__(self, private: bool = True):
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.private = private
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+            def _answer(self, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                hub.requests.append(("GET", self.path, dict(self.headers), b""))
+                if self.path.split("?")[0].endswith("/refs"):
+                    return self._answer({"branches": [], "converts": [], "tags": [], "pullRequests": []})
+                return self._answer({"id": "remedi/demo-corpus", "private": hub.private, "sha": "0" * 40})
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hub.requests.append(("POST", self.path, dict(self.headers), body))
+                if self.path.startswith("/api/repos/create"):
+                    return self._answer({"url": f"{hub.url}/datasets/remedi/demo-corpus", "name": "remedi/demo-corpus"})
+                if "/preupload/" in self.path:
+                    files = json.loads(body)["files"]
+                    return self._answer({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                   for f in files]})
+                if "/commit/" in self.path:
+                    return self._answer({"commitUrl": f"{hub.url}/datasets/remedi/demo-corpus/commit/{'c' * 40}",
+                                         "commitOid": "c" * 40, "pullRequestUrl": None})
+                return self._answer({})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_push_to_a_local_hub_sends_one_commit_and_the_tag(tmp_path, hub_env, monkeypatch):
+    import base64
+
+    from huggingface_hub import constants
+
+    hub = _FakeHub()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    try:
+        root = tmp_path / "version"
+        root.mkdir()
+        build_version(root)
+        result = _publish(root, tmp_path / "out", "--push", "--private", "--json")
+    finally:
+        hub.close()
+    assert result.exit_code == 0, result.output
+    calls = [(method, path.split("?")[0]) for method, path, _, _ in hub.requests]
+    # in this order (huggingface_hub adds calls of its own, e.g. /api/validate-yaml of the card)
+    wanted = [("POST", "/api/repos/create"), ("GET", "/api/datasets/remedi/demo-corpus"),
+              ("GET", "/api/datasets/remedi/demo-corpus/refs"), ("POST", "/api/datasets/remedi/demo-corpus/commit/main"),
+              ("POST", "/api/datasets/remedi/demo-corpus/tag/" + "c" * 40)]
+    assert [c for c in calls if c in wanted] == wanted
+    commits = [body for method, path, _, body in hub.requests if "/commit/main" in path]
+    assert len(commits) == 1
+    lines = [json.loads(line) for line in commits[0].decode().splitlines()]
+    sent = {line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in lines if line["key"] == "file"}
+    out = tmp_path / "out"
+    assert sent == {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # the token went to the Hub in the header, and nowhere else
+    auth = [{k.lower(): v for k, v in headers.items()}.get("authorization") for _, path, headers, _ in hub.requests
+            if path.split("?")[0] in {p for _, p in wanted}]
+    assert auth == [f"Bearer {TOKEN}"] * len(wanted)
+    assert TOKEN not in result.output and all(TOKEN.encode() not in body for _, _, _, body in hub.requests)
+    assert json.loads(result.stdout.split("\n}\n", 1)[1])["commit"] == "c" * 40
+
+
+def test_credentialed_data_never_goes_into_an_existing_public_repo(tmp_path, hub_env, monkeypatch):
+    """create_repo(exist_ok=True) keeps an existing repository's visibility: --private alone is not enough."""
+    from huggingface_hub import constants
+
+    hub = _FakeHub(private=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    try:
+        root = tmp_path / "version"
+        root.mkdir()
+        build_version(root, open_data=False)
+        result = _publish(root, tmp_path / "out", "--push", "--private")
+    finally:
+        hub.close()
+    assert result.exit_code == 1 and "exists and is public" in result.output
+    assert not [path for _, path, _, _ in hub.requests if "/commit/" in path or "/tag/" in path]

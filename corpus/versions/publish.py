@@ -275,7 +275,7 @@ def push(request: PublishRequest, built: BuiltFolder, plan: dict) -> dict:
         private = bool(api.repo_info(repo, repo_type="dataset").private)
         if built.credentialed and not private:
             raise PublishRefused(f"{repo} exists and is public; this version may only go to a private repository "
-                                 f"({built.sources[0].public_refusal}); nothing uploaded")
+                                 f"({next(s.public_refusal for s in built.sources if s.public_refusal)}); nothing uploaded")
         tags = {ref.name for ref in api.list_repo_refs(repo, repo_type="dataset").tags}
         if request.version in tags:
             raise PublishRefused(f"{repo}: tag {request.version} already exists; a version is never moved, "
