@@ -25,15 +25,6 @@ def _load(side: Side, artifact: str, role: str) -> pl.DataFrame:
                         f"the expected columns: {error}") from error
 
 
-def _prompt_texts(side: Side, artifact: str, ids: list[str]) -> dict[str, str]:
-    """The user message of a few records' prompts: re-read for examples only (prompts are kept as hashes)."""
-    if not ids or artifact not in ("dpo", "sft"):
-        return {}
-    frame = (side.scan(artifact).filter(pl.col("id").is_in(ids))
-             .select("id", d._content("prompt").alias("prompt")).collect())
-    return dict(frame.iter_rows())
-
-
 def _examples(kind_rows: dict[str, pl.DataFrame], old: pl.DataFrame, new: pl.DataFrame, sides: tuple[Side, Side],
               artifact: str, per_kind: int) -> list[dict]:
     if per_kind <= 0:
@@ -49,7 +40,7 @@ def _examples(kind_rows: dict[str, pl.DataFrame], old: pl.DataFrame, new: pl.Dat
         fields = d.EXAMPLE_FIELDS.get(kind, (first_text,))
         prompts = ({}, {})
         if "prompt" in fields:
-            prompts = (_prompt_texts(sides[0], artifact, old_ids), _prompt_texts(sides[1], artifact, new_ids))
+            prompts = (sides[0].prompts(artifact, old_ids), sides[1].prompts(artifact, new_ids))
         old_rows = {r["id"]: r for r in old.filter(pl.col("id").is_in(old_ids)).to_dicts()}
         new_rows = {r["id"]: r for r in new.filter(pl.col("id").is_in(new_ids)).to_dicts()}
         for row in rows.iter_rows(named=True):

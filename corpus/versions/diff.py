@@ -56,11 +56,6 @@ def _kinds(*cases: tuple[str, str]) -> pl.Expr:
     return expr
 
 
-def _content(column: str) -> pl.Expr:
-    """The text of a message list (the last message: the assistant's reply or the user's question)."""
-    return pl.col(column).list.last().struct.field("content")
-
-
 # Per artifact: the text fields (lengths, examples), the hashed columns the passes
 # compare, and the passes.
 TEXTS = {"dpo": ("chosen", "rejected"), "sft": ("completion",), "samples": ("text",),
@@ -99,9 +94,9 @@ EXAMPLE_FIELDS = {"chosen_changed": ("chosen",), "rejected_changed": ("rejected"
 def normalise(frame: pl.LazyFrame, artifact: str) -> pl.DataFrame:
     """One row per record: ids, the texts and hashes the passes and statistics use (prompts as a hash only)."""
     columns = frame.collect_schema().names()
-    if artifact in ("dpo", "sft"):
-        texts = [_content(field).alias(field) for field in TEXTS[artifact]]
-        frame = frame.select("id", "question_id", pl.col("prompt").hash().alias("prompt_h"), *texts)
+    if artifact in ("dpo", "sft"):  # sides.read_pair_file has already reduced prompts and messages
+        frame = frame.select("id", "question_id", "prompt_h", *TEXTS[artifact],
+                             *(f"{t}_chars" for t in TEXTS[artifact]))
     elif artifact == "questions":
         frame = frame.with_columns(pl.col("id").alias("question_id"), pl.col("options").cast(pl.List(pl.String))
                                    .list.join("\n").alias("options"), pl.col("context").hash().alias("context_h"))
@@ -168,7 +163,8 @@ def shifts(old_counts: pl.DataFrame, new_counts: pl.DataFrame) -> tuple[list[dic
 def length_stats(frame: pl.DataFrame | None, field: str) -> dict | None:
     if frame is None or field not in frame.columns:
         return None
-    lengths = pl.col(field).str.len_chars()
+    # characters (code points); the pair files' reader counted them while parsing
+    lengths = pl.col(f"{field}_chars") if f"{field}_chars" in frame.columns else pl.col(field).str.len_chars()
     row = frame.select(pl.len().alias("count"), lengths.mean().alias("mean"),
                        *(lengths.quantile(p / 100, "nearest").alias(f"p{p}") for p in PERCENTILES)).row(0, named=True)
     return {k: (None if v is None else (round(v, 1) if k == "mean" else int(v))) for k, v in row.items()}
