@@ -145,6 +145,10 @@ def _answer_forms(label: str | None, answer: str) -> tuple[str, ...]:
 def _quote(rule: LeakRule, text: str, parts: _HintParts, spans: "_LazySpans") -> tuple[int, int] | None:
     """hint_quote: the hint's frame not as the text's conclusion, or min_words consecutive hint words."""
     if parts.frame is not None:
+        whole = parts.frame.search(text)
+        if whole and not text[: whole.start()].strip() and not text[whole.end():].strip(" \t\n.!\"')"):
+            # nothing but the hint's frame ("The correct answer is B."): no rationale, just the hint
+            return whole.start(), whole.end()
         for match in _unallowed(parts.frame, text, spans):
             tail = TOKEN.findall(text, match.end(), match.end() + 400)
             if len(tail) > _CONCLUSION_TAIL_WORDS:  # the text goes on: not its conclusion

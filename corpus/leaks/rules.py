@@ -179,7 +179,7 @@ class LeakRules:
         rule_entries, allow_entries, spelling_entries = _read_entries(path, seen=())
         rules, allow = _build(rule_entries, allow_entries)
         spelling = _spelling(spelling_entries)
-        classifier = _classifier(path)
+        classifier = _classifier(path, spelling)
         content = json.dumps(
             {"rules": [entry for entry, _ in rule_entries], "allow": [entry for entry, _ in allow_entries],
              "spelling": [entry for entry, _ in spelling_entries],
@@ -241,7 +241,7 @@ def _read_entries(path: Path, seen: tuple[Path, ...]):
     return rules, allow, spelling
 
 
-def _classifier(path: Path):
+def _classifier(path: Path, spelling: Spelling | None):
     """The `classifier:` section of the file (or, with `extends: default`, of the default):
     {file: a model next to the rules file, threshold: optional override}; none: no classifier."""
     from corpus.leaks.classifier import LeakClassifier
@@ -257,13 +257,18 @@ def _classifier(path: Path):
             return None
         if not isinstance(section, dict) or not isinstance(section.get("file"), str):
             raise ConfigError(f"leak rules file {source}: `classifier` must be a mapping with `file:` (or false)")
-        model = LeakClassifier.load(source.parent / section["file"])
+        model = LeakClassifier.load(source.parent / section["file"], spelling)
         threshold = section.get("threshold", model.threshold)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.5 <= threshold <= 1:
             raise ConfigError(f"leak rules file {source}: classifier `threshold` must be a number from 0.5 to 1")
         model.threshold = float(threshold)
         return model
     return None
+
+
+def default_spelling() -> Spelling | None:
+    """The packaged rules file's spelling section alone (what the classifier is trained with)."""
+    return _spelling(_read_entries(DEFAULT_RULES, seen=())[2])
 
 
 _SPELLING_INTS = ("max_edits", "long_word", "min_length", "known_word_min_count")
