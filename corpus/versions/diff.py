@@ -111,7 +111,7 @@ def normalise(frame: pl.LazyFrame, artifact: str) -> pl.DataFrame:
 def match(old: pl.DataFrame, new: pl.DataFrame, artifact: str) -> dict[str, pl.DataFrame]:
     """unchanged / changed (kind, question_id, old_id, new_id) / added / removed, per the module docstring."""
     unchanged = old.select("id", "question_id").join(new.select("id"), on="id", how="semi")
-    keys = sorted({k for p in PASSES[artifact] for k in p.keys} | {"id"})
+    keys = sorted({k for p in PASSES[artifact] for k in p.keys} | {"id", "question_id"})
     compared = sorted({c for c in old.columns if c.endswith("_h") or c in ("filter_reason", "answer")} - set(keys))
     left = old.select(*keys, *compared).join(new.select("id"), on="id", how="anti")
     right = new.select(*keys, *compared).join(old.select("id"), on="id", how="anti")
@@ -153,7 +153,8 @@ def task_label_counts(records: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFra
 def shifts(old_counts: pl.DataFrame, new_counts: pl.DataFrame) -> tuple[list[dict], list[dict]]:
     """Per (task, label) and per task: counts on each side and the delta."""
     joined = (old_counts.join(new_counts, on=["task", "label"], how="full", coalesce=True, suffix="_new")
-              .select("task", "label", pl.col("n").fill_null(0).alias("old"), pl.col("n_new").fill_null(0).alias("new"))
+              .select("task", "label", pl.col("n").fill_null(0).cast(pl.Int64).alias("old"),
+                      pl.col("n_new").fill_null(0).cast(pl.Int64).alias("new"))
               .with_columns((pl.col("new") - pl.col("old")).alias("delta")).sort("task", "label"))
     per_task = (joined.group_by("task").agg(pl.col("old").sum(), pl.col("new").sum())
                 .with_columns((pl.col("new") - pl.col("old")).alias("delta")).sort("task"))
