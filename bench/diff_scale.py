@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,6 +35,22 @@ PAIRS_PER_QUESTION = 4
 WORDS = ("the patient was admitted with sepsis and acute kidney injury lactate creatinine rising blood pressure low "
          "heart rate high given fluids antibiotics culture positive readmission mortality stay days therefore answer "
          "option likely because history shows prior admissions chronic heart failure diabetes").split()
+
+
+# The diff as the child process's whole life, reporting its own peak RSS: VmHWM, the
+# high-water mark of its own address space. (getrusage(RUSAGE_CHILDREN) would not do:
+# Linux carries the parent's resident size across fork/vfork + exec into the child's
+# ru_maxrss, and this parent holds the million-pair frames it built.)
+CHILD = """
+import atexit, sys
+def _peak():
+    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))
+    print('peak_rss_kib=' + line.split()[1], file=sys.stderr)
+atexit.register(_peak)
+from corpus.cli import app
+sys.argv = ['corpus', *sys.argv[1:]]
+app()
+"""
 
 
 def _sentences(rng: np.random.Generator, count: int, words: int) -> list[str]:
@@ -112,21 +128,20 @@ def main() -> int:
         sizes = {side: (folder / side / "dpo.jsonl").stat().st_size for side in ("old", "new")}
         print(f"built {planted['old']:,} + {planted['new']:,} pairs in {time.perf_counter() - start:.1f} s "
               f"({sizes['old'] / 1e6:.0f} MB + {sizes['new'] / 1e6:.0f} MB of JSON lines)")
-        command = [sys.executable, "-c", "from corpus.cli import app; app()", "diff",
-                   str(folder / "old"), str(folder / "new"), "--json", "--max-ids", "100"]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        command = [sys.executable, "-c", CHILD, "diff", str(folder / "old"), str(folder / "new"), "--json",
+                   "--max-ids", "100"]
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - start
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         if result.returncode != 0:
             print(result.stderr, file=sys.stderr)
             return 1
+        peak_kib = int(re.search(r"peak_rss_kib=(\d+)", result.stderr).group(1))
     report = json.loads(result.stdout)
     found = {k: report["records"][k] for k in ("old", "new", "added", "removed")} | \
         {k: report["records"]["changed_by_kind"][k] for k in ("chosen_changed", "rejected_changed", "both_changed")}
     exact = all(found[k] == planted[k] for k in found)
-    peak_gib = max(peak_kib, before) / 1024**2
+    peak_gib = peak_kib / 1024**2
     print(f"corpus diff --json: wall {wall:.2f} s, peak RSS {peak_gib:.2f} GiB "
           f"(targets: 15 s, 4 GB on 2 cores); counts {'exact' if exact else 'WRONG'}: {found}")
     print(json.dumps({"pairs": planted["old"], "wall_s": round(wall, 2), "peak_rss_gib": round(peak_gib, 3),
