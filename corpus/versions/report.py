@@ -15,6 +15,7 @@ from rich.text import Text
 
 PCTS = ("p5", "p25", "p50", "p75", "p95")
 SHOWN_IDS = 10
+NUMBER = re.compile(r"^([+-]?\d+(\.\d+)?|—)?$")
 WORD_CHANGE = re.compile(r"\[-(.*?)-\]|\{\+(.*?)\+\}", re.S)
 
 
@@ -57,9 +58,10 @@ def _rows(report: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
         sections["Hard / easy questions (first pass)"] = (["", "old", "new"], [
             ["hard threshold (accuracy <=)", str(hard["threshold"]["old"]), str(hard["threshold"]["new"])],
             ["hard questions", str(hard["hard"]["old"]), str(hard["hard"]["new"])],
-            ["questions sampled", str(hard["questions"]["old"]), str(hard["questions"]["new"])],
-            [f"hard → easy ({len(hard['hard_to_easy'])})", ids("hard_to_easy"), ""],
-            [f"easy → hard ({len(hard['easy_to_hard'])})", ids("easy_to_hard"), ""]])
+            ["questions sampled", str(hard["questions"]["old"]), str(hard["questions"]["new"])]])
+        sections["Questions that moved (sampled on both sides)"] = (["move", "questions", "ids"], [
+            ["hard → easy", str(len(hard["hard_to_easy"])), ids("hard_to_easy")],
+            ["easy → hard", str(len(hard["easy_to_hard"])), ids("easy_to_hard")]])
     regen = report["regeneration"]
     if regen["old"] or regen["new"]:
         old, new = regen["old"] or {}, regen["new"] or {}
@@ -119,8 +121,8 @@ def render_rich(report: dict, console: Console) -> None:
             continue
         table = Table(title=title, title_justify="left", show_edge=False)
         for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i == 0 or not rows or not rows[0][i][:1].isdigit() else "right",
-                             overflow="fold")
+            numeric = i > 0 and all(NUMBER.match(row[i]) for row in rows)
+            table.add_column(name, justify="right" if numeric else "left", overflow="fold")
         for row in rows:
             table.add_row(*row)
         console.print(table)
@@ -129,7 +131,8 @@ def render_rich(report: dict, console: Console) -> None:
         for example in report["examples"]:
             items.append(Text.assemble((f"{example['kind']} ", "bold"), f"{example['question_id']} ",
                                        (_example_ids(example), "dim"), f" [{example['field']}]"))
-            items.append(_rich_diff(example["diff"]))
+            # colours only where they show; piped output keeps the [-…-] {+…+} markers
+            items.append(_rich_diff(example["diff"]) if console.is_terminal else Text(example["diff"]))
         console.print(Panel(Group(*items), title="Examples (word diff: red removed, green added)", expand=True))
     for gate in report.get("fail_on", []):
         console.print(("[red]" if gate["tripped"] else "[green]") + _gate_line(gate) + "[/]")
