@@ -53,7 +53,8 @@ def _loop_params(params: dict, base: Path, registry: Path) -> dict:
     train.update({"max_length": 512, "threads": 1})
     train["lora"]["enabled"] = False  # a 100 K-parameter model trains in full in no time
     for phase in ("sft", "dpo"):
-        train[phase].update({"learning_rate": 1e-3, "max_steps": 2, "per_device_batch_size": 1,
+        # 1e-4: larger steps (1e-3) taught the warmed-up model to stop at once, leaving round 2 no pairs.
+        train[phase].update({"learning_rate": 1e-4, "max_steps": 2, "per_device_batch_size": 1,
                              "gradient_accumulation_steps": 1})
     params["evaluate"].update({"limit": 1, "max_new_tokens": 12})
     return params
