@@ -145,7 +145,8 @@ def test_deepspeed_configs_in_the_repo_parse_and_a_broken_one_names_its_file(tmp
 
 def _tiny_config(**changes) -> TrainConfig:
     phase = dict(learning_rate=1e-3, max_steps=2, per_device_batch_size=1, gradient_accumulation_steps=1)
-    return replace(TrainConfig(max_length=256, sft=PhaseConfig(**phase), dpo=DPOPhaseConfig(beta=0.1, **phase)),
+    # The tiny tokenizer writes these prompts in ~400 tokens: 1024 leaves the history whole.
+    return replace(TrainConfig(max_length=1024, sft=PhaseConfig(**phase), dpo=DPOPhaseConfig(beta=0.1, **phase)),
                    **changes)
 
 
@@ -153,7 +154,7 @@ def _fitted(tiny, questions, records, kind):
     from transformers import AutoTokenizer
 
     fitter = RecordFitter(AutoTokenizer.from_pretrained(tiny), sampling_template(),
-                          {q["id"]: q for q in questions}, 256)
+                          {q["id"]: q for q in questions}, 1024)
     return getattr(fitter, kind)(records, kind)
 
 

@@ -159,7 +159,9 @@ def write_outputs(metrics: dict, details: dict, predictions: pl.DataFrame, metri
                   details_path: Path = DETAILS, predictions_path: Path = PREDICTIONS) -> None:
     with atomic_path(predictions_path) as tmp:
         predictions.write_parquet(tmp, compression="zstd")
-    write_json(details_path, {**details, "headline": metrics})
+    # Each task's small headline sits in its details entry; the metric file sums them up.
+    write_json(details_path, {task: {**entry, "headline": metrics[task]} if task in metrics else entry
+                              for task, entry in details.items()})
     write_json(metrics_path, summary_metrics(metrics))
 
 
