@@ -41,8 +41,8 @@ def details_path(round_: int) -> Path:
     return Path("metrics") / "details" / f"train-{round_}.json"
 
 
-# Keys of each phase in metrics/train-<r>.json.
-HEADLINE = ("steps", "final_loss", "seconds")
+# Keys of each phase in metrics/train-<r>.json (timings vary run to run: details only).
+HEADLINE = ("steps", "final_loss")
 
 
 def loss_curve_path(round_: int, phase: str) -> Path:

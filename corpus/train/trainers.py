@@ -145,7 +145,9 @@ def _run(phase_name: str, trainer_factory, model_dir: Path, out_dir: Path, fitte
         # Under `accelerate launch` every process trains; one writes the folder.
         trainer.accelerator.wait_for_everyone()
         if trainer.accelerator.is_main_process:
-            save_model(trainer.model, trainer.processing_class, out_dir, {**provenance, **result.summary()})
+            # No timings in the folder: its bytes (and so its DVC hash) must depend on the inputs only.
+            recorded = {k: v for k, v in result.summary().items() if k != "seconds"}
+            save_model(trainer.model, trainer.processing_class, out_dir, {**provenance, **recorded})
         trainer.accelerator.wait_for_everyone()
     log.info("%s: %d step(s) on %d record(s) in %.1f s, final loss %s", phase_name, result.steps,
              result.records_used, result.seconds, result.final_loss)
