@@ -24,7 +24,7 @@ from corpus.questions.mimic import default_wording_path, load_wording, los_optio
 from corpus.questions.record import lettered, make_question, template_hash
 from corpus.train.grpo import GRPOSettings, grpo_dataset, train_grpo
 from corpus.train.rewards import completion_text, correct_answer_reward
-from tests.tiny_model import build_tiny_model
+from tests.tiny_model import build_tiny_model, warm_up_boxed
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -158,55 +158,10 @@ def test_dataset_uses_the_plain_sampling_prompt():
 
 # --- a real GRPO run ----------------------------------------------------------------------------------------------
 
-PROMPT_TAIL = 24
-
-
 def _warm_up(model_dir: Path, questions: list[dict], out: Path) -> Path:
-    """Teach the random tiny Llama to reply `\\boxed{<label>}` with every option label equally likely.
-
-    The SFT warm-up of EHRMIND, in miniature: it gives the policy the answer
-    format, and no preference between the options (every label is trained on
-    equally), so GRPO's reward is what has to decide between them.
-
-    Only the prompt's last PROMPT_TAIL tokens are trained on (the answer
-    instruction with its option list, then the generation prompt): on 2
-    shared cores that is 0.6 s instead of 10 s for the whole ~270-token prompt,
-    and the tiny model, which attends mostly to the last tokens anyway, then
-    answers the full prompt in the format, with the task's own labels.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    template = sampling_template()
-    examples = []
-    for question in questions:
-        prompt = tokenizer.apply_chat_template(question_messages(question, template), add_generation_prompt=True,
-                                               tokenize=False)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-PROMPT_TAIL:]
-        for label in answer_labels(list(question["options"])):
-            reply_ids = tokenizer(f"\\boxed{{{label}}}<|im_end|>", add_special_tokens=False)["input_ids"]
-            examples.append((prompt_ids + reply_ids, len(prompt_ids)))
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), tokenizer.pad_token_id)
-    labels = torch.full((len(examples), width), -100)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, prompt_length) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
-        attention[row, : len(ids)] = 1
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    model.train()
-    for _ in range(60):
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    """The tiny model taught to reply `\\boxed{<label>}`, every option label equally likely
+    (tests.tiny_model.warm_up_boxed): the format, and no preference, so GRPO's reward decides."""
+    return warm_up_boxed(model_dir, questions, out)
 
 
 def _gold_margin(model_dir: Path, questions: list[dict]) -> float:

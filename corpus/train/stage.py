@@ -10,13 +10,13 @@ curves (DVC plots).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import polars as pl
 
 from corpus.atomic import write_json
+from corpus.hashing import file_md5
 from corpus.config import load_params
 from corpus.train.config import TrainConfig, train_config
 from corpus.train.data import RecordFitter, read_jsonl
@@ -47,14 +47,6 @@ HEADLINE = ("steps", "final_loss")
 
 def loss_curve_path(round_: int, phase: str) -> Path:
     return Path("metrics") / "plots" / f"train-{round_}-{phase}-loss.json"
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _set_threads(config: TrainConfig) -> None:

@@ -10,7 +10,6 @@ version in a temporary folder.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from corpus import hashing
 from corpus.config import load_params
 from corpus.errors import SourceError
 
@@ -140,11 +140,7 @@ def lock_params(layout: Layout, out_path: str) -> dict:
 
 @functools.lru_cache(maxsize=4096)
 def _md5_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashing.file_md5(path)
 
 
 def file_md5(path: Path) -> str:
