@@ -14,18 +14,18 @@ def content_id(content: Any) -> str:
     return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()[:16]
 
 
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
+def _file_digest(path: Path | str, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    return _file_digest(path, "sha256")
 
 
 def file_md5(path: Path | str) -> str:
     """md5 of a file's bytes: the hash DVC 3 records for a file in dvc.lock."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return _file_digest(path, "md5")
