@@ -1,4 +1,4 @@
-"""`make bench`: the CPU line, then the sampling benchmark with its defaults (~5-7 min).
+"""`make bench`: the sampling benchmark with its defaults (~5-7 min); it prints the CPU line first.
 
 Extra arguments go to sampling_throughput.py, e.g.
     .venv/bin/python bench/run_all.py --questions 8 --baseline-questions 2 --max-new-tokens 24   # quick
@@ -11,10 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cpu import cpu_report
-
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    print(cpu_report(), flush=True)
     sys.exit(subprocess.run([sys.executable, str(HERE / "sampling_throughput.py"), *sys.argv[1:]]).returncode)
