@@ -9,7 +9,6 @@ round can yield no DPO pair) copies its input model and says so.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -18,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corpus.atomic import atomic_dir
+from corpus.atomic import atomic_dir, write_json
 from corpus.train.config import PhaseConfig, TrainConfig
 from corpus.train.data import FittedRecords
 from corpus.train.profile import ResolvedProfile, training_kwargs
@@ -106,7 +105,7 @@ def save_model(model, tokenizer, out_dir: Path, provenance: dict) -> None:
     with atomic_dir(out_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "training.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        write_json(staging / "training.json", provenance)
 
 
 def copy_model(model_dir: Path, out_dir: Path, provenance: dict) -> None:
@@ -115,7 +114,7 @@ def copy_model(model_dir: Path, out_dir: Path, provenance: dict) -> None:
             for path in sorted(Path(model_dir).glob(pattern)):
                 if path.name not in ("training.json", "provenance.json"):
                     shutil.copy2(path, staging / path.name)
-        (staging / "training.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        write_json(staging / "training.json", provenance)
 
 
 def _run(phase_name: str, trainer_factory, model_dir: Path, out_dir: Path, fitted: FittedRecords, total: int,
