@@ -30,11 +30,20 @@ def _cpuinfo_field(name: str) -> str:
     return ""
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where unreadable)."""
+    return frozenset(_cpuinfo_field("flags").split())
+
+
+def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
 def cpu_info() -> dict:
     """Model name, logical CPUs, the deciding flags present, and the paths the engine takes here."""
-    flags = set(_cpuinfo_field("flags").split())
+    flags = cpu_flags()
     info = {
-        "model": _cpuinfo_field("model name") or platform.processor() or platform.machine(),
+        "model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "flags": {flag: flag in flags for flag in DECIDING_FLAGS},
     }

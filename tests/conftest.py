@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.cpu import cpu_flags, cpu_model  # the reader of /proc/cpuinfo the benchmarks' CPU line uses
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO = SHARED_DATA / "mimic-iv-demo"
@@ -66,29 +68,6 @@ def demo_cohorts(tmp_path_factory, demo_warehouse, duckdb_config):
 # The flags that decide the sampler's path: bf16 compute ("auto" dtype), the native
 # kernels (kernels/decode_attention.cpp's #error), oneDNN's packed bf16 linears.
 DECIDING_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16")
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as /proc/cpuinfo lists them (empty where unreadable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def cpu_summary() -> str:
