@@ -102,17 +102,22 @@ class Layout:
         return sorted(set(wanted))
 
 
+def _read_lock(layout: Layout) -> dict:
+    """dvc.lock parsed ({} when there is none: a folder that never ran under DVC)."""
+    if not layout.dvc_lock.is_file():
+        return {}
+    try:
+        return yaml.safe_load(layout.dvc_lock.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SourceError(f"{layout.dvc_lock}: not valid YAML: {exc}") from None
+
+
 def lock_entries(layout: Layout) -> dict[str, dict]:
     """Every dep and out of dvc.lock by path: {path: {md5, size, nfiles, stage, kind}}; outs win over deps.
 
     Empty when there is no dvc.lock (a folder that never ran under DVC).
     """
-    if not layout.dvc_lock.is_file():
-        return {}
-    try:
-        lock = yaml.safe_load(layout.dvc_lock.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SourceError(f"{layout.dvc_lock}: not valid YAML: {exc}") from None
+    lock = _read_lock(layout)
     entries: dict[str, dict] = {}
     for kind in ("deps", "outs"):
         for stage, body in (lock.get("stages") or {}).items():
@@ -127,15 +132,13 @@ def lock_entries(layout: Layout) -> dict[str, dict]:
     return entries
 
 
-def lock_params(layout: Layout, out_path: str) -> dict:
-    """The params dvc.lock recorded for the stage that wrote `out_path` ({} if none)."""
-    if not layout.dvc_lock.is_file():
-        return {}
-    lock = yaml.safe_load(layout.dvc_lock.read_text(encoding="utf-8")) or {}
-    for body in (lock.get("stages") or {}).values():
-        if any(Path(o["path"]).as_posix() == out_path for o in body.get("outs") or []):
-            return dict((body.get("params") or {}).get("params.yaml") or {})
-    return {}
+def lock_params(layout: Layout) -> dict[str, dict]:
+    """{out path: the params dvc.lock recorded for the stage that wrote it} (the first such stage; {} without a lock)."""
+    by_out: dict[str, dict] = {}
+    for body in (_read_lock(layout).get("stages") or {}).values():
+        for out in body.get("outs") or []:
+            by_out.setdefault(Path(out["path"]).as_posix(), dict((body.get("params") or {}).get("params.yaml") or {}))
+    return by_out
 
 
 @functools.lru_cache(maxsize=4096)

@@ -143,7 +143,8 @@ def _params_by_stage(layout: Layout, rounds: list[int]) -> dict[str, dict]:
         outs.update({f"sample@{round_}": f"data/rounds/{round_}/samples.parquet",
                      f"regenerate@{round_}": f"data/rounds/{round_}/regenerated.parquet",
                      f"pairs@{round_}": f"data/rounds/{round_}/sft.jsonl"})
-    recorded = {stage: lock_params(layout, out) for stage, out in outs.items()}
+    by_out = lock_params(layout)
+    recorded = {stage: by_out.get(out, {}) for stage, out in outs.items()}
     if any(recorded.values()):
         return {stage: values for stage, values in recorded.items() if values}
     params = layout.params()
