@@ -108,12 +108,13 @@ def _pair_split(round_: int, rounds: list[int]) -> str:
 def _generators(layout: Layout, rounds: list[int]) -> list[dict]:
     import json
 
+    entries = lock_entries(layout)
     rows = []
     for round_ in rounds:
         details = layout.root / "metrics" / "details" / f"sample-{round_}.json"
         settings = json.loads(details.read_text(encoding="utf-8")).get("generator", {}) if details.is_file() else {}
         described = ", ".join(f"{k} {settings[k]}" for k in ("backend", "dtype", "model", "engine") if k in settings)
-        if matches_lock(layout, layout.rel(details), lock_entries(layout)) is False:
+        if matches_lock(layout, layout.rel(details), entries) is False:
             described = f"{layout.rel(details)} differs from dvc.lock: settings not shown"
         for source in ("samples", "regenerated"):
             path = layout.round_dir(round_) / f"{source}.parquet"
