@@ -9,12 +9,13 @@ from typing import Callable
 import polars as pl
 from threadpoolctl import threadpool_limits
 
-from corpus.atomic import atomic_path, write_json
+from corpus.atomic import atomic_path
 from corpus.baseline import MIMIC_TASKS, REGISTRY_TASK, BaselineConfig, baseline_config
 from corpus.baseline.mimic import mimic_features, mimic_task
 from corpus.baseline.registry import rebuild_questions, registry_task
 from corpus.errors import ConfigError, SourceError
 from corpus.scoring import classification_metrics, task_labels
+from corpus.stats import write_stage_figures
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def labels_of(task: str, questions: pl.DataFrame) -> tuple[list[str], str | None
     if len(sets) != 1:
         raise SourceError(f"data/questions: task {task} questions have differing label sets {sorted(sets)}")
     return task_labels(task, list(next(iter(seen))))
-
-
 
 
 def score_task(task: str, frame: pl.DataFrame, result: dict) -> dict:
@@ -160,9 +159,9 @@ def write_outputs(metrics: dict, details: dict, predictions: pl.DataFrame, metri
     with atomic_path(predictions_path) as tmp:
         predictions.write_parquet(tmp, compression="zstd")
     # Each task's small headline sits in its details entry; the metric file sums them up.
-    write_json(details_path, {task: {**entry, "headline": metrics[task]} if task in metrics else entry
-                              for task, entry in details.items()})
-    write_json(metrics_path, summary_metrics(metrics))
+    write_stage_figures(metrics_path, summary_metrics(metrics), details_path,
+                        {task: {**entry, "headline": metrics[task]} if task in metrics else entry
+                         for task, entry in details.items()})
 
 
 def run_baseline(params_path: Path = Path("params.yaml")) -> dict:
