@@ -162,6 +162,7 @@ def build_folder(request: PublishRequest) -> BuiltFolder:
     counts: dict[str, dict[str, int]] = {"questions": {}, "sft": {}, "dpo": {}}
     columns: dict[str, list[str]] = {}
     files: dict[tuple[str, str], str] = {}
+    labelled: list[pl.DataFrame] = []  # task and label_convention of every question, for the card
     with atomic_dir(request.folder) as tmp:
         for name, split in QUESTION_SPLITS.items():
             source = layout.questions / f"{name}.parquet"
@@ -171,6 +172,7 @@ def build_folder(request: PublishRequest) -> BuiltFolder:
             files[("questions", split)] = PARQUET.format(config="questions", split=split)
             _write(frame, tmp / files[("questions", split)])
             counts["questions"][split], columns["questions"] = frame.height, frame.columns
+            labelled.append(frame.select("task", "label_convention"))
         for kind in ("sft", "dpo"):
             for round_ in rounds:
                 split = _pair_split(round_, rounds)
@@ -180,8 +182,7 @@ def build_folder(request: PublishRequest) -> BuiltFolder:
                 counts[kind][split], columns[kind] = frame.height, list(PAIR_SCHEMAS[kind])
         configs = [{"config_name": c, "data_files": [{"split": s, "path": files[(c, s)]} for s in splits]}
                    for c, splits in counts.items()]
-        questions = pl.concat([pl.read_parquet(layout.questions / f"{n}.parquet", columns=["task", "label_convention"])
-                               for n in QUESTION_SPLITS])
+        questions = pl.concat(labelled)
         text = card.render_card(
             repo_id=request.repo_id, version=request.version, sources=sources, configs=configs, counts=counts,
             pretty_name=f"{request.repo_id.split('/')[1]} {request.version}", files=files, rounds=rounds,
