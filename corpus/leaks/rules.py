@@ -176,10 +176,10 @@ class LeakRules:
         A file with ``extends: default`` adds its rules and allow entries after
         the packaged ones."""
         path = Path(path) if path is not None else DEFAULT_RULES
-        rule_entries, allow_entries, spelling_entries = _read_entries(path, seen=())
+        rule_entries, allow_entries, spelling_entries, classifier_section = _read_entries(path, seen=())
         rules, allow = _build(rule_entries, allow_entries)
         spelling = _spelling(spelling_entries)
-        classifier = _classifier(path, spelling)
+        classifier = _classifier(classifier_section, spelling)
         content = json.dumps(
             {"rules": [entry for entry, _ in rule_entries], "allow": [entry for entry, _ in allow_entries],
              "spelling": [entry for entry, _ in spelling_entries],
@@ -194,7 +194,9 @@ class LeakRules:
 
 
 def _read_entries(path: Path, seen: tuple[Path, ...]):
-    """(rule entries, allow entries, spelling sections), each with a 'file, rule #n' location for messages."""
+    """(rule entries, allow entries, spelling sections), each with a 'file, rule #n' location for messages,
+    and the `classifier:` section that applies with the file it is in (the file's own, or with
+    `extends: default` the default's when the file has none; None: no section)."""
     resolved = path.resolve()
     if resolved in seen:
         raise ConfigError(f"leak rules file {path}: `extends` loops back to itself")
@@ -215,12 +217,13 @@ def _read_entries(path: Path, seen: tuple[Path, ...]):
     rules: list[tuple[dict, str]] = []
     allow: list[tuple[dict, str]] = []
     spelling: list[tuple[dict, str]] = []
+    classifier = None
     extends = data.get("extends")
     if extends is not None:
         if extends != "default":
             raise ConfigError(f"leak rules file {path}: `extends` must be 'default', found {extends!r}")
         if resolved != DEFAULT_RULES.resolve():
-            rules, allow, spelling = _read_entries(DEFAULT_RULES, seen + (resolved,))
+            rules, allow, spelling, classifier = _read_entries(DEFAULT_RULES, seen + (resolved,))
     for key, target in (("rules", rules), ("allow", allow)):
         entries = data.get(key) or []
         if not isinstance(entries, list):
@@ -238,32 +241,28 @@ def _read_entries(path: Path, seen: tuple[Path, ...]):
         spelling.append((data["spelling"], f"leak rules file {path}, spelling"))
     if extends is None and not rules:
         raise ConfigError(f"leak rules file {path}: no rules (add `rules:`, or `extends: default`)")
-    return rules, allow, spelling
+    if data.get("classifier") is not None:
+        classifier = (data["classifier"], path)
+    return rules, allow, spelling, classifier
 
 
-def _classifier(path: Path, spelling: Spelling | None):
-    """The `classifier:` section of the file (or, with `extends: default`, of the default):
-    {file: a model next to the rules file, threshold: optional override}; none: no classifier."""
+def _classifier(found, spelling: Spelling | None):
+    """The model a `classifier:` section names (`found`: the section and its file, from
+    `_read_entries`): {file: a model next to the rules file, threshold: optional override};
+    none, or false: no classifier."""
     from corpus.leaks.classifier import LeakClassifier
 
-    for source in (path, DEFAULT_RULES):
-        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-        section = data.get("classifier")
-        if section is None:
-            if source == path and data.get("extends") != "default":
-                return None
-            continue
-        if section is False:
-            return None
-        if not isinstance(section, dict) or not isinstance(section.get("file"), str):
-            raise ConfigError(f"leak rules file {source}: `classifier` must be a mapping with `file:` (or false)")
-        model = LeakClassifier.load(source.parent / section["file"], spelling)
-        threshold = section.get("threshold", model.threshold)
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.5 <= threshold <= 1:
-            raise ConfigError(f"leak rules file {source}: classifier `threshold` must be a number from 0.5 to 1")
-        model.threshold = float(threshold)
-        return model
-    return None
+    if found is None or found[0] is False:
+        return None
+    section, source = found
+    if not isinstance(section, dict) or not isinstance(section.get("file"), str):
+        raise ConfigError(f"leak rules file {source}: `classifier` must be a mapping with `file:` (or false)")
+    model = LeakClassifier.load(source.parent / section["file"], spelling)
+    threshold = section.get("threshold", model.threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.5 <= threshold <= 1:
+        raise ConfigError(f"leak rules file {source}: classifier `threshold` must be a number from 0.5 to 1")
+    model.threshold = float(threshold)
+    return model
 
 
 def default_spelling() -> Spelling | None:
