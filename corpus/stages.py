@@ -301,6 +301,7 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
         dpo_records, drop_counts, guard_contamination, headline_stats, length_quantiles, pairs_details, pairs_stats,
         sft_records,
     )
+    from corpus.stats import write_stage_figures
 
     params = load_params(params_path)
     config = pairs_config(params)
@@ -325,13 +326,12 @@ def run_pairs(round_: int, params_path: Path = Path("params.yaml")) -> dict:
             tmp.write_text("".join(canonical_json(r) + "\n" for r in records), encoding="utf-8")
     stats = pairs_stats(sft, dpo, samples, regenerated, hard_question_ids(samples, regen.hard_threshold),
                         drop_counts(correct_pool, samples, config))
-    write_json(folder / "pairs_stats.json", headline_stats(stats))
-    write_json(folder / "pairs_details.json",
-               {**pairs_details(sft, dpo, questions, correct_pool, regenerated, config.min_rationale_chars),
-                "stats": stats})
     for side in ("chosen", "rejected"):
         with atomic_path(folder / "pairs_plots" / f"{side}_lengths.csv") as tmp:
             tmp.write_text(length_quantiles(dpo, side), encoding="utf-8")
+    write_stage_figures(folder / "pairs_stats.json", headline_stats(stats), folder / "pairs_details.json",
+                        {**pairs_details(sft, dpo, questions, correct_pool, regenerated, config.min_rationale_chars),
+                         "stats": stats})
     log.info("round %d: %d SFT record(s), %d DPO pair(s)", round_, len(sft), len(dpo))
     return stats
 
