@@ -162,36 +162,45 @@ class Side:
         """The artifact's rows (lazy where the file is local), or None when this side has none."""
         if artifact == "questions":
             return self._questions()
+        if artifact in JSONL_TEXTS:
+            path = self._pair_path(artifact)
+            return None if path is None else read_pair_file(path, artifact).lazy()
         source = self._round_file(artifact)
         if source is None:
             return None
-        if artifact in JSONL_TEXTS:
-            return read_pair_file(self._as_path(source, artifact), artifact).lazy()
         try:
             return pl.scan_parquet(source) if isinstance(source, Path) else pl.read_parquet(source).lazy()
         except Exception as error:  # polars' errors say what; this says where
             raise SideError(f"side {self.spec!r}: cannot read {artifact} from {self.artifact_source(artifact)}: "
                             f"{error}") from error
 
-    def _as_path(self, source: Path | io.BytesIO, artifact: str) -> Path:
-        """A file DuckDB can read: a local side's own file, a revision's content in a scratch folder."""
-        if isinstance(source, Path):
-            return source
+    def _pair_path(self, artifact: str) -> Path | None:
+        """A pair file DuckDB can read: a local side's own file, a revision's content fetched once into a
+        scratch folder (None when the side has none)."""
+        if self.kind != "rev":
+            return self._round_file(artifact)
+        name = ROUND_FILES[artifact]
+        if self._scratch is not None and (Path(self._scratch.name) / name).exists():
+            return Path(self._scratch.name) / name
+        data = self._rev_bytes(f"{self.location}/{name}")
+        if data is None:
+            return None
         if self._scratch is None:
             import tempfile
 
             self._scratch = tempfile.TemporaryDirectory(prefix="corpus-diff-")
-        path = Path(self._scratch.name) / ROUND_FILES[artifact]
-        if not path.exists():
-            path.write_bytes(source.getvalue())
+        path = Path(self._scratch.name) / name
+        path.write_bytes(data)
         return path
 
     def prompts(self, artifact: str, ids: list[str]) -> dict[str, str]:
         """The user message of a few records' prompts (for examples; the diff itself keeps prompt hashes)."""
-        source = self._round_file(artifact)
-        if not ids or source is None or artifact not in JSONL_TEXTS:
+        if not ids or artifact not in JSONL_TEXTS:
             return {}
-        frame = read_pair_file(self._as_path(source, artifact), artifact, ids)
+        path = self._pair_path(artifact)
+        if path is None:
+            return {}
+        frame = read_pair_file(path, artifact, ids)
         return dict(frame.select("id", "prompt").iter_rows())
 
     def _questions(self) -> pl.LazyFrame | None:
