@@ -46,7 +46,8 @@ VIEWS = ("char", "word")
 # word tokens keep one-letter words: the option letter ("it's c, so") is the signal
 _WORD_TOKENS = r"(?u)\b\w+\b"
 TRAIN_PART = "development"
-# A sentence ends at . ! ? followed by whitespace, or at a line break (as in corpus.leaks.text).
+# top_sentence's pieces: each ends at any run of . ! ? or at a line break. Unlike the sentences of
+# corpus.leaks.text (. ! ? followed by whitespace), "4.2" and "e.g." split here.
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
 
 
