@@ -1,37 +1,25 @@
 """The whole loop in a fresh git + DVC repo: data stages, two rounds of sample -> regenerate ->
-pairs -> train -> evaluate, the base model's evaluation and the baseline, on the demo with a
+pairs -> train -> evaluate and the base model's evaluation (the baseline has its own tests), on the demo with a
 tiny warmed-up model as the base. Checks the metrics files' structure, that round 2 sampled
 with round 1's DPO model, and that round 2 trained from the base model."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import DEMO, REPO, SEPSIS, requires_demo
+from tests.conftest import DEMO, SEPSIS, requires_demo
+from tests.test_pipeline_dvc import _clean_copy, _sh
 from tests.tiny_model import build_tiny_model, warm_up_boxed
 
 pytestmark = requires_demo
 
 TASKS = {"los", "masked_value", "mortality", "readmission"}
 HEADLINE = {"accuracy", "macro_f1", "parse_failure_rate"}
-
-
-def _sh(args: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GIT_AUTHOR_NAME="t",
-               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout + done.stderr
 
 
 def _loop_params(params: dict, base: Path, registry: Path) -> dict:
@@ -63,15 +51,7 @@ def _loop_params(params: dict, base: Path, registry: Path) -> dict:
 @pytest.fixture(scope="module")
 def loop_repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loop")
-    repo = root / "repo"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split()
-    for name in listed:
-        if name.startswith(("data/", "metrics/")) or name == "dvc.lock":
-            continue
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
+    repo = _clean_copy(root / "repo")
     # The first 300 registry stays, linked in place (the data are read, never copied).
     registry = root / "registry"
     registry.mkdir()
@@ -79,9 +59,7 @@ def loop_repo(tmp_path_factory) -> Path:
         (registry / stay.name).symlink_to(stay)
     params = _loop_params(yaml.safe_load((repo / "params.yaml").read_text()), root / "base", registry)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _sh(["git", "init", "-q"], repo)
-    _sh(["git", "add", "-A"], repo)
-    _sh(["git", "commit", "-qm", "init"], repo)
+    _sh(["git", "commit", "-qam", "the loop's params"], repo)
     log = _sh(["dvc", "repro", "questions"], repo)
     # The base: a tiny model whose tokenizer knows the questions' words, warmed up to box an
     # option label on the questions it will be asked (some right, some wrong: pairs exist).
