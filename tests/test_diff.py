@@ -222,3 +222,22 @@ def test_a_bad_side_names_itself(repo):
     assert "side 'no-such-rev'" in result.stderr
     missing = _diff(repo, "round:7", "HEAD")
     assert missing.exit_code == 2 and "round:7" in missing.stderr
+
+
+def test_pair_file_with_ids_reads_the_user_prompt_of_those_records(tmp_path):
+    """The prompt text an example of a `prompt_changed` pair shows (DuckDB's list_filter lambda)."""
+    from corpus.atomic import canonical_json
+    from corpus.versions.sides import read_pair_file
+
+    def record(rid: str, user: str) -> dict:
+        return {"id": rid, "question_id": "q" + rid,
+                "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": user}],
+                "chosen": [{"role": "assistant", "content": "yes because"}],
+                "rejected": [{"role": "assistant", "content": "no because"}]}
+
+    path = tmp_path / "dpo.jsonl"
+    path.write_text("".join(canonical_json(record(r, f"context of {r}")) + "\n" for r in ("a", "b", "c")))
+    picked = read_pair_file(path, "dpo", ids=["c", "a"]).sort("id")
+    assert picked["id"].to_list() == ["a", "c"]
+    assert picked["prompt"].to_list() == ["context of a", "context of c"]
+    assert "prompt" not in read_pair_file(path, "dpo").columns

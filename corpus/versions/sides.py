@@ -56,7 +56,7 @@ def read_pair_file(path: Path, artifact: str, ids: list[str] | None = None) -> p
     fields = JSONL_TEXTS[artifact]
     columns = ", ".join([f"{name}: '{MESSAGES_SQL}'" for name in ("prompt", *fields)])
     texts = ", ".join(f"{name}[-1].content AS {name}, length({name}[-1].content) AS {name}_chars" for name in fields)
-    prompt = ", list_filter(prompt, m -> m.role = 'user')[-1].content AS prompt" if ids is not None else ""
+    prompt = ", list_filter(prompt, lambda m: m.role = 'user')[-1].content AS prompt" if ids is not None else ""
     where = " WHERE list_contains($ids, id)" if ids is not None else ""
     literal = str(path).replace("'", "''")
     query = (f"SELECT id, question_id, hash(prompt) AS prompt_h{prompt}, {texts} FROM read_json('{literal}', "
