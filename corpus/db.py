@@ -31,9 +31,14 @@ def sql_file(name: str) -> str:
     return resources.files("corpus").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
 
 
+def quote_literal(text: str) -> str:
+    """Text as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def quote_path(path: Path | str) -> str:
     """A path as a SQL string literal."""
-    return "'" + str(path).replace("'", "''") + "'"
+    return quote_literal(str(path))
 
 
 def quote_ident(name: str) -> str:

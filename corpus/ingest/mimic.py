@@ -29,7 +29,7 @@ import duckdb
 
 from corpus.atomic import atomic_dir, write_json
 from corpus.config import DuckDBConfig
-from corpus.db import connect, quote_ident, quote_path
+from corpus.db import connect, quote_ident, quote_literal, quote_path
 from corpus.errors import SourceError
 from corpus.ingest.table_spec import TableSpec, load_table_spec
 
@@ -72,10 +72,6 @@ def _columns_of(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
         raise SourceError(f"{path}: cannot read the file as a table: {exc}") from exc
 
 
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _parsed_columns(spec: TableSpec) -> list[str]:
     """Columns whose values are cast (VARCHAR columns take any text)."""
     return [c for c, t in spec.columns.items() if t != "VARCHAR"]
@@ -100,10 +96,10 @@ def _typed_select(spec: TableSpec, path: Path) -> str:
     raw_columns = ", ".join(f"CAST({quote_ident(c)} AS VARCHAR) AS {quote_ident('_raw_' + c)}" for c in spec.columns)
     # An unparseable value first: a key that does not parse reads as null, and its
     # reason should say what was there, not "null".
-    cases = [f"WHEN {quote_ident('_bad_' + c)} THEN {_sql_text(unparsed_reason(spec, c))}"
+    cases = [f"WHEN {quote_ident('_bad_' + c)} THEN {quote_literal(unparsed_reason(spec, c))}"
              for c in _parsed_columns(spec) if spec.unparsed_action(c) == "exclude"]
     cases += [f"WHEN {quote_ident(k)} IS NULL THEN 'null {k}'" for k in spec.keys]
-    cases += [f"WHEN {rule.when} THEN {_sql_text(rule.reason)}" for rule in spec.row_rules]
+    cases += [f"WHEN {rule.when} THEN {quote_literal(rule.reason)}" for rule in spec.row_rules]
     reason = f"CASE {' '.join(cases)} ELSE NULL END" if cases else "NULL"
     projected = ", ".join(quote_ident(c) for c in spec.columns)
     # row_number() over the scan follows the file (DuckDB keeps insertion order).

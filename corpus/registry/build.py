@@ -17,7 +17,7 @@ import polars as pl
 
 from corpus.atomic import atomic_path
 from corpus.config import DuckDBConfig
-from corpus.db import connect, quote_ident, quote_path, sql_file
+from corpus.db import connect, quote_ident, quote_literal, quote_path, sql_file
 from corpus.errors import ConfigError, SourceError
 from corpus.registry.spec import ColumnSpec, RegistrySpec, load_registry_spec
 
@@ -99,7 +99,7 @@ def _typed_expression(con, relation: str, source: str, spec: RegistrySpec, colum
         text = _as_text(column.name, duck_type)
         allowed = column.categories
         if allowed is not None:
-            accepted = ", ".join("'" + v.replace("'", "''") + "'" for v in allowed + column.missing_values)
+            accepted = ", ".join(quote_literal(v) for v in allowed + column.missing_values)
             outside = f"{raw} IS NOT NULL AND ({text}) NOT IN ({accepted})"
             count, examples = _bad_values(con, relation, outside, column.name)
             if count:

@@ -29,6 +29,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from corpus.db import quote_path
 from corpus.errors import CorpusError
 
 ARTIFACTS = ("dpo", "sft", "questions", "samples", "regenerated")
@@ -58,8 +59,7 @@ def read_pair_file(path: Path, artifact: str, ids: list[str] | None = None) -> p
     texts = ", ".join(f"{name}[-1].content AS {name}, length({name}[-1].content) AS {name}_chars" for name in fields)
     prompt = ", list_filter(prompt, lambda m: m.role = 'user')[-1].content AS prompt" if ids is not None else ""
     where = " WHERE list_contains($ids, id)" if ids is not None else ""
-    literal = str(path).replace("'", "''")
-    query = (f"SELECT id, question_id, hash(prompt) AS prompt_h{prompt}, {texts} FROM read_json('{literal}', "
+    query = (f"SELECT id, question_id, hash(prompt) AS prompt_h{prompt}, {texts} FROM read_json({quote_path(path)}, "
              f"format='newline_delimited', columns={{id: 'VARCHAR', question_id: 'VARCHAR', {columns}}}){where}")
     con = duckdb.connect(":memory:")
     try:
