@@ -186,54 +186,26 @@ class VLLMGenerator(Generator):
 
 
 class OpenAICompatibleGenerator(Generator):
-    """Any server speaking the OpenAI chat-completions API (a vLLM server, for example)."""
+    """Any server speaking the OpenAI chat-completions API (a vLLM server, for example), or several
+    serving the same model: requests are spread, failures retried elsewhere (corpus.generate.openai_pool)."""
 
     backend = "openai"
 
-    def __init__(self, base_url: str, model_name: str, sampling: SamplingConfig, template_hash: str, *,
-                 revision: str = "", api_key: str = "EMPTY", timeout: float = 600.0, concurrency: int = 8):
-        import requests
+    def __init__(self, base_url, model_name: str, sampling: SamplingConfig, template_hash: str, *,
+                 revision: str = "", api_key: str = "EMPTY", timeout: float = 600.0, concurrency: int = 8,
+                 attempts: int = 4, backoff: float = 0.5, cooldown: float = 30.0):
+        from corpus.generate.openai_pool import ServerPool
 
         identity = f"{model_name}@{revision}" if revision else model_name
+        # The fingerprint names the model, never the hosts: a cache filled through one server
+        # is reused through two, in any order (each request's seed decides its text).
         super().__init__(model_name, sampling, template_hash, identity)
-        self.fingerprint["base_url"] = base_url.rstrip("/")
-        self._session = requests.Session()
-        self._session.headers["Authorization"] = f"Bearer {api_key}"
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self.timeout = timeout
+        self.pool = ServerPool(base_url, api_key=api_key, timeout=timeout, attempts=attempts, backoff=backoff,
+                               cooldown=cooldown)
         self.concurrency = concurrency
 
-    def _complete(self, request: SampleRequest) -> Generation:
-        body = {
-            "model": self.model,
-            "messages": list(request.messages),
-            "temperature": self.sampling.temperature,
-            "top_p": self.sampling.top_p,
-            "max_tokens": self.sampling.max_new_tokens,
-            "seed": request.seed,
-            "n": 1,
-        }
-        response = self._session.post(self._url, json=body, timeout=self.timeout)
-        if response.status_code != 200:
-            raise ConfigError(f"{self._url}: HTTP {response.status_code}: {response.text[:300]}")
-        payload = response.json()
-        choice = payload["choices"][0]
-        tokens = int((payload.get("usage") or {}).get("completion_tokens") or 0)
-        finish = "length" if choice.get("finish_reason") == "length" else "eos"
-        return Generation(choice["message"]["content"] or "", tokens, finish)
-
     def generate(self, requests, missing, on_tokens=None):
-        from concurrent.futures import ThreadPoolExecutor
+        from corpus.generate import openai_pool
 
-        todo = [r for r in requests if r.key in missing]
-        # Several requests in flight keep a batching server busy; each chunk is flushed when done.
-        chunk = self.concurrency * 4
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            for start in range(0, len(todo), chunk):
-                part = todo[start : start + chunk]
-                finished = {}
-                for request, generation in zip(part, pool.map(self._complete, part)):
-                    finished[request.key] = generation
-                    if on_tokens:
-                        on_tokens(generation.new_tokens)
-                yield finished
+        yield from openai_pool.generate(self.pool, self.model, self.sampling, requests, missing, self.concurrency,
+                                        on_tokens)
