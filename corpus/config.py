@@ -156,10 +156,22 @@ class TransformersBackendConfig:
 
 @dataclass(frozen=True)
 class OpenAIBackendConfig:
-    base_url: str = "http://127.0.0.1:8000/v1"
+    # One URL, or a list (one server per GPU host) serving the same model; not in the fingerprint.
+    base_url: str | tuple[str, ...] = "http://127.0.0.1:8000/v1"
     model: str = ""
     revision: str = ""
-    concurrency: int = 8
+    concurrency: int = 8  # requests in flight per server
+    attempts: int = 4  # tries per request, each on the least busy healthy server, before the stage fails
+    timeout: float = 600.0  # seconds per try
+
+    def __post_init__(self) -> None:
+        from corpus.generate.openai_pool import normalise_urls
+
+        urls = normalise_urls(self.base_url)  # checked here, so a bad list fails before any model loads
+        object.__setattr__(self, "base_url", urls[0] if isinstance(self.base_url, str) else urls)
+        if self.concurrency < 1 or self.attempts < 1:
+            raise ConfigError(f"params.yaml sample.openai: concurrency and attempts must be >= 1, found "
+                              f"{self.concurrency} and {self.attempts}")
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ def build_generator(config, model_path: Path, template_hash: str):
     if config.backend == "openai":
         o = config.openai
         return OpenAICompatibleGenerator(o.base_url, o.model, sampling, template_hash, revision=o.revision,
-                                         concurrency=o.concurrency)
+                                         concurrency=o.concurrency, attempts=o.attempts, timeout=o.timeout)
     t = config.transformers
     return TransformersGenerator(model_path, sampling, template_hash, max_batch_tokens=t.max_batch_tokens,
                                  max_rows=t.max_rows, threads=t.threads, dtype=t.dtype)
