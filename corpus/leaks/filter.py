@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from corpus.leaks.rules import ANSWER, AllowRule, LeakRule, LeakRules
 from corpus.leaks.text import TOKEN, Text, normalise
@@ -32,6 +32,15 @@ _CLEAN = LeakVerdict(False)
 _HINT_ANSWER = re.compile(r"\bcorrect\s+answer\s+(?:is|was)\s*:?\s*[\"'(*\[]*([^\W_]+)")
 # A frame followed by at most this many words is the text's own conclusion.
 _CONCLUSION_TAIL_WORDS = 12
+# A one-letter option or Yes/No is also an ordinary word ("a patient", "no fever", "vitamin D"): as a
+# near rule's {answer} term it counts only where it stands as the answer, i.e. not as a determiner
+# before a word (other than a verb of the answer: "A is the one", "D has to be"), nor after a word
+# that makes a letter a name ("hepatitis B", "group A", "type C").
+_ANSWER_VERBS = ("is|was|it|it's|has|had|must|then|fits?|being|would|should|seems|looks|again|as|here|"
+                 "stands|holds|checks|remains|makes|will|be|wins|comes|sounds|feels|too|ok|okay")
+_LETTER_NAMES = ("vitamin", "hepatitis", "hep", "type", "group", "class", "grade", "stage", "factor", "pugh",
+                 "influenza", "lead", "zone", "plan", "protein", "complex", "cluster", "phase", "apo", "lipoprotein")
+_WORDLIKE = re.compile(r"[a-e]|yes|no")
 
 
 class LeakFilter:
@@ -57,6 +66,9 @@ class LeakFilter:
             spans = _LazySpans(allow, rule.name)
             if rule.kind == "hint_quote":
                 found = _quote(rule, text.canon, parts, spans) if parts and hint else None
+            elif rule.kind == "near" and rule.answer_group >= 0:
+                near = parts.near_rule(rule) if parts else None
+                found = _near(near, text, spans) if near is not None else None
             elif rule.kind == "near":
                 found = _near(rule, text, spans)
             elif rule.kind == "answer_cue":
@@ -107,6 +119,7 @@ class _HintParts:
         self.forms = _answer_forms(said, normalise(answer).strip())
         self._grams: dict[int, frozenset] = {}
         self._cues: dict[str, tuple[re.Pattern, ...]] = {}
+        self._near: dict[str, LeakRule | None] = {}
 
     def grams(self, n: int) -> frozenset:
         if n not in self._grams:
@@ -123,6 +136,29 @@ class _HintParts:
                 answer = rf"(?<![^\W_])(?:{bodies})(?![^\W_])"
                 self._cues[rule.name] = tuple(re.compile(t.replace(ANSWER, answer), re.IGNORECASE) for t in rule.templates)
         return self._cues[rule.name]
+
+
+    def near_rule(self, rule: LeakRule) -> LeakRule | None:
+        """A near rule with its {answer} group as this row's answer forms (None: no forms)."""
+        if rule.name not in self._near:
+            self._near[rule.name] = None
+            if self.forms:
+                groups = list(rule.groups)
+                groups[rule.answer_group] = _standalone_answer(self.forms)
+                self._near[rule.name] = replace(rule, groups=tuple(groups), answer_group=-1)
+        return self._near[rule.name]
+
+
+def _standalone_answer(forms: tuple[str, ...]) -> re.Pattern:
+    """The answer forms as a near term: word-like forms only where they stand as the answer."""
+    bodies = []
+    for form in forms:
+        body = r"\s+".join(re.escape(w) for w in form.split())
+        if _WORDLIKE.fullmatch(form):
+            names = "".join(rf"(?<!\b{name}\s)(?<!\b{name}-)" for name in _LETTER_NAMES)
+            body = rf"{names}{body}(?![\w'-])(?!\s+(?!(?:{_ANSWER_VERBS})(?![\w']))\w)"
+        bodies.append(body)
+    return re.compile(rf"(?<![^\W_])(?:{'|'.join(bodies)})(?![^\W_])")
 
 
 def _answer_forms(label: str | None, answer: str) -> tuple[str, ...]:

@@ -18,7 +18,8 @@ DEFAULT_RULES = Path(str(resources.files("corpus").joinpath("templates", "leak_r
 
 KINDS = ("phrase", "pattern", "hint_quote", "near", "answer_cue")
 ALLOW_KINDS = ("phrase", "pattern")
-ANSWER = "{answer}"  # where an answer_cue pattern puts the row's hinted answer
+ANSWER = "{answer}"  # where an answer_cue pattern (or a near rule's term group) puts the row's hinted answer
+_NEVER = re.compile(r"(?!)")  # the placeholder of a near rule's {answer} group
 
 # --- the rules ----------------------------------------------------------------------
 
@@ -39,6 +40,7 @@ class LeakRule:
     same_sentence: bool = True
     ordered: bool = False
     templates: tuple[str, ...] = field(default=())
+    answer_group: int = -1  # near: the index of the group that is the row's hinted answer ("{answer}"), -1: none
 
 
 @dataclass(frozen=True)
@@ -105,17 +107,25 @@ def _compile_entry(entry: dict, kind: str, where: str) -> tuple[re.Pattern, ...]
 
 def _near_rule(entry: dict, name: str, why: str, where: str) -> LeakRule:
     """kind near: each of `terms` (2 or 3 lists of phrases or, with `patterns: true`, regexes)
-    matches within `window` words of the first group's match, in one sentence by default."""
+    matches within `window` words of the first group's match, in one sentence by default.
+    A group that is just ``[{answer}]`` is the row's hinted answer (its letter or Yes/No, the
+    option's text): the hint's content near a cue, wherever the two stand in the text."""
     groups = entry.get("terms")
     if not isinstance(groups, list) or not 2 <= len(groups) <= 3:
         raise ConfigError(f"{where}: kind 'near' needs `terms:`, a list of 2 or 3 term lists")
     as_patterns = entry.get("patterns", False) is True
-    compiled = []
+    compiled, answer_group = [], -1
     for number, terms in enumerate(groups, start=1):
         if isinstance(terms, str):
             terms = [terms]
         if not isinstance(terms, list) or not terms or not all(isinstance(t, str) for t in terms):
             raise ConfigError(f"{where}: terms #{number} must be a non-empty list of strings")
+        if ANSWER in terms:
+            if terms != [ANSWER] or answer_group >= 0:
+                raise ConfigError(f"{where}: terms #{number}: {ANSWER} must be a group of its own, in one group only")
+            answer_group = number - 1
+            compiled.append(_NEVER)  # filled per row with the hinted answer's forms (corpus.leaks.filter)
+            continue
         kind = "pattern" if as_patterns else "phrase"
         regexes = _compile_entry({kind + "s": terms}, kind, f"{where}, terms #{number}")
         if len(regexes) != 1:
@@ -130,7 +140,7 @@ def _near_rule(entry: dict, name: str, why: str, where: str) -> LeakRule:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: `{key}` must be true or false, found {value!r}")
         flags[key] = value
-    return LeakRule(name, "near", (), why, groups=tuple(compiled), window=window, **flags)
+    return LeakRule(name, "near", (), why, groups=tuple(compiled), window=window, answer_group=answer_group, **flags)
 
 
 def _answer_cue_rule(entry: dict, name: str, why: str, where: str) -> LeakRule:
