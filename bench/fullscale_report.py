@@ -1,0 +1,104 @@
+"""The printed table of bench/full_scale.py, from its results dict (also in its --json)."""
+
+from __future__ import annotations
+
+STAGES = ("ingest", "cohorts", "questions")
+TARGET_S, TARGET_GB, TARGET_RATIO, TARGET_SIZE = 300.0, 8.0, 10.0, 300_000
+# "Close to linear": time grows at most this much faster than the size, per step.
+LINEAR_SLACK = 1.3
+
+
+def _ours_total(entry: dict) -> tuple[float, float]:
+    ours = entry["ours"]
+    return sum(ours[s]["wall_s"] for s in STAGES), max(ours[s]["peak_rss_gb"] for s in STAGES)
+
+
+def _peer_cell(peer: dict | None) -> str:
+    if peer is None:
+        return "-"
+    if peer["status"] != "done":
+        return peer["status"]
+    return f"{peer['wall_s']:.1f} s / {peer['peak_rss_gb']:.2f} GB"
+
+
+def _ratio(entry: dict) -> float | None:
+    peer = entry.get("pyhealth")
+    if not peer or peer["status"] != "done":
+        return None
+    return peer["wall_s"] / _ours_total(entry)[0]
+
+
+def report_lines(results: dict) -> list[str]:
+    sizes = sorted(results["sizes"], key=int)
+    lines = ["", f"machine: {results['cpu']['model']} ({results['cpu']['logical_cpus']} logical CPUs); "
+             f"load {results['loadavg_start']} at the start, {results.get('loadavg_end', '?')} at the end", ""]
+    head = f"{'patients':>9} | {'synth s':>8} | " + " | ".join(f"{s + ' s / GB':>17}" for s in STAGES)
+    head += f" | {'ours total':>17} | {'PyHealth 2.1':>19} | {'PyHealth/ours':>13}"
+    lines += [head, "-" * len(head)]
+    for size in sizes:
+        entry = results["sizes"][size]
+        synth = entry.get("synth")
+        synth_cell = "-" if not synth else f"{synth['wall_s']:.1f}" + ("*" if synth.get("cached") else "")
+        cells = [f"{entry['ours'][s]['wall_s']:.1f} s / {entry['ours'][s]['peak_rss_gb']:.2f}" for s in STAGES]
+        total_s, peak = _ours_total(entry)
+        ratio = _ratio(entry)
+        peer = entry.get("pyhealth")
+        ratio_cell = f"{ratio:.1f}x" if ratio is not None else (f"> {peer['cap_s'] / total_s:.1f}x"
+                                                                if peer and peer.get("capped") else "-")
+        lines.append(f"{int(size):>9,} | {synth_cell:>8} | " + " | ".join(f"{c:>17}" for c in cells)
+                     + f" | {f'{total_s:.1f} s / {peak:.2f}':>17} | {_peer_cell(peer):>19} | {ratio_cell:>13}")
+    lines += ["", "(* synth time from the run that generated the cached tables; GB: peak RSS of the stage's "
+              "process tree; ours total: the stages' seconds summed, the largest stage peak)", ""]
+    lines.append("input rows/s: " + "; ".join(
+        f"{int(size):,}: " + ", ".join(f"{s} {entry['ours'][s]['rows_per_s']:,.0f} ({entry['ours'][s]['input_rows']:,} rows)"
+                                      for s in STAGES)
+        for size, entry in ((size, results["sizes"][size]) for size in sizes)))
+    growth = _growth(results, sizes)
+    lines += ["", "growth (time ratio / size ratio; 1.0 = linear):"] + [f"  {g}" for g in growth["lines"]]
+    lines += ["", "targets:"] + [f"  {t}" for t in _targets(results, sizes, growth["worst"])]
+    return lines
+
+
+def _growth(results: dict, sizes: list[str]) -> dict:
+    out, worst = [], None
+    for small, large in zip(sizes, sizes[1:]):
+        a, b = results["sizes"][small], results["sizes"][large]
+        scale = int(large) / int(small)
+        parts = [f"{s} {b['ours'][s]['wall_s'] / a['ours'][s]['wall_s'] / scale:.2f}" for s in STAGES]
+        total = _ours_total(b)[0] / _ours_total(a)[0] / scale
+        worst = total if worst is None else max(worst, total)
+        peer = ""
+        if _ratio(a) is not None and _ratio(b) is not None:
+            peer = f", PyHealth {b['pyhealth']['wall_s'] / a['pyhealth']['wall_s'] / scale:.2f}"
+        out.append(f"{int(small):,} -> {int(large):,} ({scale:g}x patients): " + ", ".join(parts)
+                   + f", ours total {total:.2f}{peer}")
+    return {"lines": out or ["(one size only)"], "worst": worst}
+
+
+def _targets(results: dict, sizes: list[str], worst_growth: float | None) -> list[str]:
+    out = []
+    if str(TARGET_SIZE) in results["sizes"]:
+        total_s, peak = _ours_total(results["sizes"][str(TARGET_SIZE)])
+        out.append(f"300k ingest+cohorts+questions <= {TARGET_S:.0f} s: {'met' if total_s <= TARGET_S else 'MISSED'}"
+                   f" ({total_s:.1f} s); <= {TARGET_GB:.0f} GB: {'met' if peak <= TARGET_GB else 'MISSED'} ({peak:.2f} GB)")
+    else:
+        out.append("300k: not run")
+    for size in sizes:
+        entry = results["sizes"][size]
+        peer = entry.get("pyhealth")
+        if not peer:
+            continue
+        ratio = _ratio(entry)
+        if ratio is not None:
+            out.append(f">= {TARGET_RATIO:.0f}x PyHealth at {int(size):,}: {'met' if ratio >= TARGET_RATIO else 'MISSED'}"
+                       f" ({ratio:.1f}x)")
+        elif peer.get("capped"):
+            bound = peer["cap_s"] / _ours_total(entry)[0]
+            out.append(f">= {TARGET_RATIO:.0f}x PyHealth at {int(size):,}: PyHealth {peer['status']}, so more than "
+                       f"{bound:.1f}x" + (" (met)" if bound >= TARGET_RATIO else " (not shown)"))
+        else:
+            out.append(f">= {TARGET_RATIO:.0f}x PyHealth at {int(size):,}: PyHealth {peer['status']}")
+    if worst_growth is not None:
+        out.append(f"growth close to linear (<= {LINEAR_SLACK} per step): "
+                   f"{'met' if worst_growth <= LINEAR_SLACK else 'MISSED'} (worst {worst_growth:.2f})")
+    return out
