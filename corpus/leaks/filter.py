@@ -164,7 +164,9 @@ def _standalone_answer(forms: tuple[str, ...]) -> re.Pattern:
 def _answer_forms(label: str | None, answer: str) -> tuple[str, ...]:
     """How a rationale may name the hinted answer: its label ("b", "yes"), the
     option's text with and without the label ("b. 3 to 6 days", "3 to 6 days"),
-    and without a trailing parenthesis ("less than 3 days")."""
+    without a trailing parenthesis ("less than 3 days"), and the option's range
+    without its unit, with whole numbers also as words ("3 to 6", "three to six
+    days", "5.5 or more", "below 4"): a rationale restates a range in its own words."""
     forms = set()
     if label:
         forms.add(label)
@@ -174,8 +176,34 @@ def _answer_forms(label: str | None, answer: str) -> tuple[str, ...]:
         if rest and len(head) == 1:
             forms.add(head)
             forms.add(rest)
-            forms.add(re.sub(r"\s*\([^)]*\)\s*$", "", rest))
+            bare = re.sub(r"\s*\([^)]*\)\s*$", "", rest)
+            forms.add(bare)
+            forms.update(_range_forms(bare))
     return tuple(sorted((f for f in forms if f.strip()), key=lambda f: (-len(f), f)))
+
+
+_RANGE_WORDS = frozenset("to or and more less than below above under over at least most between from up".split())
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                 "sixteen seventeen eighteen nineteen twenty").split()
+
+
+def _range_forms(option: str) -> set[str]:
+    """The option's range in other words: unit dropped ("100 to 119 bpm" -> "100 to 119"), "4.0" as
+    "4", whole numbers up to twenty as words with and without the unit ("three to six days"). Only
+    forms of two words or more with a number in them: a bare "4" is no answer."""
+    words = option.split()
+    core = [w for w in words if _NUMBER.fullmatch(w) or w in _RANGE_WORDS]
+    if not any(_NUMBER.fullmatch(w) for w in core):
+        return set()
+    found = set()
+    for tokens in (core, words):
+        for variant in (tokens, [re.sub(r"^(\d+)\.0$", r"\1", w) for w in tokens]):
+            spelled = [_NUMBER_WORDS[int(w)] if w.isdigit() and int(w) < len(_NUMBER_WORDS) else w for w in variant]
+            for form in (variant, spelled):
+                if len(form) >= 2:
+                    found.add(" ".join(form))
+    return found
 
 
 def _quote(rule: LeakRule, text: str, parts: _HintParts, spans: "_LazySpans") -> tuple[int, int] | None:
