@@ -46,6 +46,26 @@ def ingest(params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def synth(
+    patients: int = typer.Option(..., "--patients", help="How many synthetic patients to write."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed and --patients, same bytes."),
+    out: Path = typer.Option(..., "--out", help="Folder to write hosp/, icu/ and synth.json to (replaced whole); "
+                                                "usable as params.yaml mimic.source."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet (fast) or csv.gz (as MIMIC ships; slower)."),
+    like: Path = typer.Option(Path("../shared/data/mimic-iv-demo"), "--like",
+                              help="MIMIC-IV-shaped source the rates and frequencies are fitted to."),
+    table_spec: Path = typer.Option(Path("schemas/mimic_tables.yaml"), "--table-spec",
+                                    help="Table spec: which tables and columns are written, with what types."),
+) -> None:
+    """Write MIMIC-IV-shaped synthetic tables fitted to --like (the model: corpus/synth/__init__.py)."""
+    from corpus.config import DuckDBConfig
+    from corpus.synth import synthesize
+
+    summary = _run(lambda: synthesize(patients, seed, out, fmt, like, table_spec, DuckDBConfig()))
+    console.print(f"wrote {out}: " + ", ".join(f"{name} {rows:,}" for name, rows in summary["rows"].items()))
+
+
+@app.command()
 def cohorts(params: Path = ParamsOption) -> None:
     """Build one row per prediction sample and label, per task (stage `cohorts`)."""
     from corpus.stages import run_cohorts
@@ -331,3 +351,7 @@ def cache_stats(path: Path = typer.Argument(Path(".cache/generations.sqlite"), h
 
 def main() -> None:  # pragma: no cover - console entry
     app()
+
+
+if __name__ == "__main__":  # python -m corpus.cli
+    main()
