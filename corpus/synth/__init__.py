@@ -36,6 +36,7 @@ same bytes.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -44,7 +45,7 @@ from corpus.atomic import atomic_dir, write_json
 from corpus.config import DuckDBConfig
 from corpus.errors import ConfigError
 from corpus.logs import console
-from corpus.synth.fit import DICTIONARIES, fit_source
+from corpus.synth.fit import DICTIONARIES, SourceFit, fit_source
 from corpus.synth.generate import CHUNK_PATIENTS, ChunkGenerator, Offsets
 from corpus.synth.summary import fitted_rates
 from corpus.synth.write import FORMATS, TableWriter, empty_table
@@ -57,11 +58,20 @@ def synthesize(
     show_progress: bool = True,
 ) -> dict:
     """Fit to `like`, write `patients` synthetic patients under `out` (hosp/, icu/, synth.json); return synth.json."""
+    _check_request(patients, fmt)
+    return write_synthetic(fit_source(Path(like), Path(table_spec), db), patients, seed, out, fmt, show_progress)
+
+
+def _check_request(patients: int, fmt: str) -> None:
     if patients < 1:
         raise ConfigError(f"--patients {patients}: expected at least 1")
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    fit = fit_source(Path(like), Path(table_spec), db)
+
+
+def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: str, show_progress: bool = True) -> dict:
+    """Write `patients` synthetic patients drawn from `fit` under `out`; return what synth.json holds."""
+    _check_request(patients, fmt)
     generator = ChunkGenerator(fit)
     outputs = [t for t in EVENT_OUTPUTS if t in fit.present]
     chunks = -(-patients // CHUNK_PATIENTS)
@@ -73,14 +83,26 @@ def synthesize(
         with progress:
             bars = {t: progress.add_task(t, total=round(patients * rates["rows_per_patient"].get(t, 0)))
                     for t in outputs}
-            at = Offsets()
-            for index in range(chunks):
-                size = min(CHUNK_PATIENTS, patients - index * CHUNK_PATIENTS)
-                tables, at = generator.chunk(seed, index, size, at)
+            def write(tables: dict) -> None:
                 for name, parts in tables.items():
                     for part in parts:
                         writers[name].write(part)
                         progress.advance(bars[name], part.num_rows)
+
+            # One chunk is written (Arrow and zstd release the GIL) while the next is
+            # drawn: two cores busy, at most two chunks in memory.
+            at = Offsets()
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = None
+                for index in range(chunks):
+                    size = min(CHUNK_PATIENTS, patients - index * CHUNK_PATIENTS)
+                    tables, at = generator.chunk(seed, index, size, at)
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(write, tables)
+                    del tables
+                if pending is not None:
+                    pending.result()
             for name, writer in writers.items():
                 writer.close(empty_table(fit.specs[name]))
                 progress.update(bars[name], total=writer.rows, completed=writer.rows)
@@ -94,7 +116,7 @@ def synthesize(
             "seed": seed,
             "patients": patients,
             "format": fmt,
-            "source": str(like),
+            "source": fit.source,
             "chunk_patients": CHUNK_PATIENTS,
             "fitted": rates,
             "rows": {name: writer.rows for name, writer in sorted(writers.items())},

@@ -9,7 +9,7 @@ empty: the generator then writes none of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -26,6 +26,8 @@ from corpus.ingest.table_spec import TableSpec, load_table_spec
 # What the fit reads; the dictionaries are copied to the output as they are.
 EVENT_TABLES = ("patients", "admissions", "diagnoses_icd", "procedures_icd", "prescriptions", "labevents", "icustays")
 DICTIONARIES = ("d_icd_diagnoses", "d_icd_procedures", "d_labitems", "d_items")
+# Sources up to this many rows per table draw through a lookup table (int32: 64 MB at most).
+LOOKUP_MAX = 16_000_000
 ADMISSION_CATEGORIES = ("admission_type", "admission_location", "discharge_location", "insurance", "race")
 
 
@@ -35,10 +37,27 @@ class Frequencies:
 
     values: pa.Table
     cumulative: np.ndarray  # int64, cumulative row counts, same order as `values`
+    _lookup: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def total(self) -> int:
         return int(self.cumulative[-1]) if len(self.cumulative) else 0
+
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Indices into `values`, each with probability count / total.
+
+        One uniform integer below the total per draw, mapped to its value by a
+        table of one entry per source row (a gather, several times faster than
+        bisecting the cumulative counts); a source too large for that table
+        bisects instead, with the same result.
+        """
+        ticket = rng.integers(0, self.total, size)
+        if self.total > LOOKUP_MAX:
+            return np.searchsorted(self.cumulative, ticket, side="right").astype(np.int32)
+        if self._lookup is None:
+            counts = np.diff(self.cumulative, prepend=0)
+            self._lookup = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        return self._lookup[ticket]
 
 
 @dataclass

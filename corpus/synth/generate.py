@@ -48,11 +48,6 @@ def _date(seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
     return pa.array((seconds // DAY_S).astype(np.int32), pa.int32(), mask=mask).cast(pa.date32())
 
 
-def _draw(freq: Frequencies, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Indices into `freq.values`, each with probability count / total."""
-    return np.searchsorted(freq.cumulative, rng.integers(0, freq.total, size), side="right").astype(np.int32)
-
-
 def _within(rng: np.random.Generator, start: np.ndarray, span: np.ndarray) -> np.ndarray:
     """A second uniformly in [start, start + span]."""
     return start + np.floor(rng.random(len(start)) * (span + 1)).astype(np.int64)
@@ -183,7 +178,7 @@ class ChunkGenerator:
 
     def _codes(self, rng, kind, versions, counts, subject, hadm, admit=None, los=None) -> pa.Table:
         owner, rank = _groups(counts)
-        pick = _draw(getattr(self.fit, {"dx": "diagnoses", "px": "procedures"}[kind]), rng, len(owner))
+        pick = getattr(self.fit, {"dx": "diagnoses", "px": "procedures"}[kind]).draw(rng, len(owner))
         columns = {"subject_id": pa.array(subject[owner]), "hadm_id": pa.array(hadm[owner]),
                    "seq_num": pa.array((rank + 1).astype(np.int32))}
         if admit is not None:
@@ -194,7 +189,7 @@ class ChunkGenerator:
 
     def _prescriptions(self, rng, counts, subject, hadm, admit, los) -> pa.Table:
         owner, _ = _groups(counts)
-        pick = pa.array(_draw(self.fit.drugs, rng, len(owner)))
+        pick = pa.array(self.fit.drugs.draw(rng, len(owner)))
         start = _within(rng, admit[owner], los[owner])
         stop = _within(rng, start, admit[owner] + los[owner] - start)
         drugs = self.encoded["rx"]
@@ -207,7 +202,7 @@ class ChunkGenerator:
 
     def _labs(self, rng, counts, subject, hadm, start, span) -> pa.Table:
         owner, _ = _groups(counts)
-        item = _draw(self.lab_freq, rng, len(owner))
+        item = self.lab_freq.draw(rng, len(owner))
         value = np.round(self.lab_mean[item] + self.lab_sd[item] * rng.standard_normal(len(owner)), 2)
         no_value = rng.random(len(owner)) >= self.lab_numeric[item]
         abnormal = rng.random(len(owner)) < self.lab_abnormal[item]
@@ -232,7 +227,7 @@ class ChunkGenerator:
         owner, _ = _groups(counts)
         intime = _within(rng, admit[owner], los[owner] // 2)
         outtime = _within(rng, intime, admit[owner] + los[owner] - intime)
-        unit = pa.array(_draw(self.fit.careunits, rng, len(owner)))
+        unit = pa.array(self.fit.careunits.draw(rng, len(owner)))
         return pa.table({
             "subject_id": pa.array(subject[owner]), "hadm_id": pa.array(hadm[owner]),
             "stay_id": pa.array(STAY_BASE + first_stay + np.arange(len(owner), dtype=np.int64)),
