@@ -1,5 +1,5 @@
-"""Rationale-sampling throughput on this CPU: a plain `generate` loop against the
-project's sampler (corpus.generate.hf_sampler), in the same run.
+"""Rationale-sampling throughput on this CPU: a plain `generate` loop, the
+project's sampler (corpus.generate.hf_sampler) and OpenVINO GenAI, in the same run.
 
 k samples (default 4) of up to 160 new tokens per real demo train question, with
 the sample stage's own prompts (corpus/templates/prompts), SmolLM2-135M-Instruct:
@@ -11,7 +11,10 @@ the sample stage's own prompts (corpus/templates/prompts), SmolLM2-135M-Instruct
     of the gain is visible);
 (b) the engine: `sample_all` over the question set (each prompt prefilled once
     for its k samples, shared prompt prefixes prefilled once, batched decoding),
-    first on the plain loop's questions alone, then on the whole set.
+    first on the plain loop's questions alone, then on the whole set;
+(c) OpenVINO GenAI's ContinuousBatchingPipeline on the whole set, fp32 and int8
+    weights (bench/engines_openvino.py: one request per sample with its seed,
+    prefix caching, requests added one per step in prompt order).
 
 The question set is whole patients, as the stage meets them: patients (MIMIC
 subjects and registry stays) in the order of a seeded hash, all their train
@@ -54,7 +57,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cpu import cpu_info, cpu_report  # noqa: E402  (bench/: this script's folder)
+import engines_openvino  # noqa: E402  (bench/: this script's folder)
+from cpu import cpu_info, cpu_report  # noqa: E402
 
 DEFAULT_MODEL = Path("/tmp/smollm2-base")
 DEFAULT_QUESTIONS = REPO / "data" / "questions" / "train.parquet"
@@ -255,6 +259,23 @@ def run_engine(args) -> dict:
     return result
 
 
+def run_openvino(args) -> dict:
+    """(c): one OpenVINO run (args.worker_ov) over the whole set, on the engine's prompt ids and seeds."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from corpus.generate.hf_sampler import stop_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(args.model))
+    stops = stop_token_ids(SimpleNamespace(generation_config=GenerationConfig.from_pretrained(str(args.model))),
+                           tokenizer)
+    questions = select_questions(args.data, args.questions, args.select, args.seed)
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
+    seeds = [[seed_of(i, k) for k in range(args.k)] for i in range(len(prompts))]
+    return engines_openvino.run_worker(args, questions, prompts, seeds, stops)
+
+
 def split_statistics(args) -> dict:
     """Prompt tokens and prefix-tree tokens of the whole train split (how much a full stage run shares)."""
     import polars as pl
@@ -270,10 +291,12 @@ def split_statistics(args) -> dict:
 # --- driver ----------------------------------------------------------------------------
 
 
-def child(worker: str, dtype: str | None = None) -> dict:
+def child(worker: str, dtype: str | None = None, ov: str | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", worker, *sys.argv[1:]]
     if dtype:
         command += ["--worker-dtype", dtype]
+    if ov:
+        command += ["--worker-ov", ov]
     completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr)
@@ -281,7 +304,7 @@ def child(worker: str, dtype: str | None = None) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def report(args, baselines: list[dict], engine: dict, split: dict) -> None:
+def report(args, baselines: list[dict], engine: dict, split: dict, openvino: list[dict]) -> None:
     import torch
 
     same, full = engine["same_questions"], engine["all_questions"]
@@ -289,6 +312,8 @@ def report(args, baselines: list[dict], engine: dict, split: dict) -> None:
     threads = args.threads or torch.get_num_threads()
     cpu = cpu_info()
     print(cpu_report(cpu))
+    if engines_openvino.isa_cap():  # the CPU line is this CPU's; the run emulated an older one on it
+        print(f"EMULATED older CPU: {engines_openvino.isa_cap()} (not a measurement of that CPU)")
     print(f"model {args.model}, engine dtype {engine['dtype']} ({threads} threads, {os.cpu_count()} CPUs), k={args.k}, "
           f"max_new_tokens={args.max_new_tokens}, temperature={args.temperature}, top_p={args.top_p}")
     data = args.data.relative_to(REPO) if args.data.is_relative_to(REPO) else args.data
@@ -313,6 +338,7 @@ def report(args, baselines: list[dict], engine: dict, split: dict) -> None:
               f"decode {run['decode_seconds']:.1f} s ({run['decode_tokens_per_s']:.0f} tokens/s, "
               f"{run['decode_forwards']} steps); finish {run['finish']}")
     print(f"      engine peak RSS {engine['peak_rss_gb']:.2f} GB")
+    engines_openvino.report(openvino, full["tokens_per_s"], baselines[0]["tokens_per_s"])
     print()
     rate = full["tokens_per_s"]
     for base in baselines:
@@ -325,8 +351,9 @@ def report(args, baselines: list[dict], engine: dict, split: dict) -> None:
     load = os.getloadavg()
     print(f"load average at the end (other processes share these CPUs): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "baselines": baselines, "engine": engine, "split": split}, indent=2)
-                                   + "\n")
+        figures = {"cpu": cpu, "isa_cap": engines_openvino.isa_cap(), "baselines": baselines, "engine": engine,
+                   "openvino": openvino, "split": split}
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-tokens", type=int, default=65_536)
     parser.add_argument("--max-rows", type=int, default=128)
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument("--worker", choices=["baseline", "engine", "split"], help=argparse.SUPPRESS)
+    engines_openvino.add_arguments(parser)
+    parser.add_argument("--worker", choices=["baseline", "engine", "openvino", "split"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-dtype", help=argparse.SUPPRESS)
     return parser
 
@@ -361,7 +389,7 @@ def main() -> None:
             f"{args.data} not found: build the question sets first (`make repro`, or `dvc repro` in the repo root)"
         )
     if args.worker:
-        workers = {"baseline": run_baseline, "engine": run_engine, "split": split_statistics}
+        workers = {"baseline": run_baseline, "engine": run_engine, "openvino": run_openvino, "split": split_statistics}
         print(json.dumps(workers[args.worker](args)))
         return
 
@@ -377,9 +405,13 @@ def main() -> None:
         baselines.append(child("baseline", dtype))
     print(f"running (b) the engine in {engine_dtype} on those, then on the whole set ...", flush=True)
     engine = child("engine")
+    openvino = []
+    for weights, precision in engines_openvino.runs(args):
+        print(f"running (c) OpenVINO GenAI, {weights} weights, {precision} precision, on the whole set ...", flush=True)
+        openvino.append(child("openvino", ov=f"{weights}/{precision}"))
     split = child("split")
     print()
-    report(args, baselines, engine, split)
+    report(args, baselines, engine, split, openvino)
 
 
 if __name__ == "__main__":
