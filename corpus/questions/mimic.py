@@ -41,20 +41,36 @@ def los_option_texts(bins: tuple[int, ...], wording: dict) -> list[str]:
     return texts
 
 
-def _visits_by_patient(visits_path: Path, withhold: list[str]) -> tuple[dict[int, list[Visit]], int]:
-    """Each patient's qualifying visits in order, and how many items were withheld as outcome-revealing."""
+def _visits_by_patient(
+    visits_path: Path, withhold: list[str], subjects: set[int] | None = None
+) -> tuple[dict[int, list[Visit]], int]:
+    """Each patient's qualifying visits in order (only `subjects`' when given), and how many
+    items were withheld as outcome-revealing."""
     patterns = [re.compile(p) for p in withhold]
     withheld = 0
+    # Names repeat across visits (a few thousand codes and drugs over millions of
+    # items), so each distinct name is matched against the patterns once.
+    hidden: dict[str, bool] = {}
+
+    def is_hidden(name: str) -> bool:
+        flag = hidden.get(name)
+        if flag is None:
+            flag = hidden[name] = any(p.search(name) for p in patterns)
+        return flag
 
     def shown(names: list[str]) -> list[str]:
         nonlocal withheld
-        kept = [n for n in names if not any(p.search(n) for p in patterns)]
+        kept = [n for n in names if not is_hidden(n)]
         withheld += len(names) - len(kept)
         return kept
 
     if not visits_path.exists():
         raise SourceError(f"{visits_path}: cohort visits not found (run the cohorts stage first)")
-    visits = pl.read_parquet(visits_path).sort(["subject_id", "visit_index"])
+    visits = pl.read_parquet(visits_path)
+    if subjects is not None:
+        # A capped recipe asks about a fraction of the patients: build only their histories.
+        visits = visits.filter(pl.col("subject_id").is_in(pl.Series(sorted(subjects), dtype=visits["subject_id"].dtype)))
+    visits = visits.sort(["subject_id", "visit_index"])
     history: dict[int, list[Visit]] = {}
     for row in visits.iter_rows(named=True):
         patient = history.setdefault(row["subject_id"], [])
@@ -75,15 +91,19 @@ def build_mimic_questions(
     wording_path = wording_path or default_wording_path()
     wording = load_wording(wording_path)
     wording_hash = template_hash(wording_path)
-    history, _ = _visits_by_patient(Path(cohorts_dir) / "visits.parquet", wording.get("withhold_patterns", []))
-    questions = []
+    chosen_by_task = {}
     for task in MIMIC_TASKS:
         if task not in policies:
             continue
         cohort_path = Path(cohorts_dir) / f"{task}.parquet"
         if not cohort_path.exists():
             raise SourceError(f"{cohort_path}: cohort for task {task} not found (run the cohorts stage first)")
-        chosen = sample_cohort(pl.read_parquet(cohort_path), policies[task], seed)
+        chosen_by_task[task] = sample_cohort(pl.read_parquet(cohort_path), policies[task], seed)
+    subjects = {s for chosen in chosen_by_task.values() for s in chosen["subject_id"].to_list()}
+    history, _ = _visits_by_patient(Path(cohorts_dir) / "visits.parquet", wording.get("withhold_patterns", []),
+                                    subjects)
+    questions = []
+    for task, chosen in chosen_by_task.items():
         task_wording = wording["tasks"][task]
         question_text = task_wording["question"].format(readmission_days=cohort_config.readmission_days)
         if task == "los":
