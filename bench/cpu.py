@@ -10,33 +10,16 @@ cannot be compared. Every benchmark prints `cpu_report()` first and stores
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
+
+# The one /proc/cpuinfo reader (also behind `sample.backend: auto`), re-exported here
+# for the benchmarks and tests/conftest.py.
+from corpus.cpu import cpu_flags, cpu_model  # noqa: F401
 
 # The flags that decide the path: "auto" dtype is bf16 with avx512_bf16 or AMX
 # (hf_sampler.resolve_dtype); the native kernels need avx512f, avx512bw and
 # avx512_bf16 (kernels/decode_attention.cpp); without AVX-512 oneDNN packs no bf16
 # weights; avx2 is the floor of the fp32 path.
 DECIDING_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def _cpuinfo_field(name: str) -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(name):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as /proc/cpuinfo lists them (empty where unreadable)."""
-    return frozenset(_cpuinfo_field("flags").split())
-
-
-def cpu_model() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_info() -> dict:
