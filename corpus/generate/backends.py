@@ -21,7 +21,7 @@ from corpus.generate.cache import Generation
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("transformers", "vllm", "openai")
+BACKENDS = ("transformers", "vllm", "openai", "openvino")
 
 
 @dataclass(frozen=True)
