@@ -6,7 +6,9 @@ sampling), the way a vLLM server would answer, only slower.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,13 +18,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 class ModelServer:
-    def __init__(self, model_path: Path, served_name: str = "tiny"):
+    def __init__(self, model_path: Path, served_name: str = "tiny", answered_log: Path | None = None):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path)
         self.model.eval()
         self.served_name = served_name
         self.requests = 0
         self._lock = threading.Lock()  # one generation at a time: seeding is global in torch
+        self.answered_log = answered_log
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -51,6 +54,10 @@ class ModelServer:
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             )
         new = out[0, ids["input_ids"].shape[1]:]
+        if self.answered_log is not None:
+            # One line per answer, written before it is sent: what a test reads to time a kill.
+            with open(self.answered_log, "a", encoding="utf-8") as handle:
+                handle.write(f"{body.get('seed')}\n")
         finish = "stop" if len(new) and int(new[-1]) == self.tokenizer.eos_token_id else "length"
         return {
             "id": f"cmpl-{self.requests}",
@@ -86,3 +93,20 @@ class ModelServer:
                 self.wfile.write(data)
 
         return Handler
+
+
+def main() -> None:
+    """Serve in a process of its own (a test can SIGKILL it): prints `listening <base_url>` when ready."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--name", default="tiny")
+    parser.add_argument("--answered-log", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # several servers share the test machine's cores
+    with ModelServer(args.model, args.name, args.answered_log) as server:
+        print(f"listening {server.base_url}", flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

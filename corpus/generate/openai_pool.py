@@ -117,14 +117,16 @@ class ServerPool:
             url = server.url + path
             try:
                 response = self._session().post(url, json=body, timeout=self.timeout)
-            except (self._requests.ConnectionError, self._requests.Timeout) as error:
+                # A reply cut off mid-body (the server died while sending) fails here, not later.
+                payload = response.json() if response.status_code == 200 else None
+            except self._requests.RequestException as error:  # refused, reset, timed out, truncated
                 failure = f"{url}: {type(error).__name__}"
             else:
-                if response.status_code == 200:
+                if payload is not None:
                     with self._lock:
                         server.in_flight -= 1
                         server.answered += 1
-                    return response.json()
+                    return payload
                 if response.status_code not in RETRY_STATUSES:
                     with self._lock:
                         server.in_flight -= 1
