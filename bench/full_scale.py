@@ -32,7 +32,7 @@ from cpu import cpu_info, cpu_report  # noqa: E402
 from fullscale_measure import loadavg  # noqa: E402
 from fullscale_peer import run_peer  # noqa: E402
 from fullscale_report import report_lines  # noqa: E402
-from fullscale_stages import RECIPES, run_stages, synth_tables  # noqa: E402
+from fullscale_stages import RECIPES, peer_tables, run_stages, synth_tables  # noqa: E402
 
 
 def _sizes(text: str) -> list[int]:
@@ -53,7 +53,10 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip PyHealth")
     parser.add_argument("--peer-cap-s", type=float, default=900.0, help="PyHealth's time cap per size, seconds")
     parser.add_argument("--peer-workers", type=int, default=1,
-                        help="PyHealth num_workers (1: in-process; 2 spawns workers that re-import PyHealth per task, 104 s against 13 s on the demo)")
+                        help="PyHealth num_workers (1: in-process; 2 spawns workers that re-import PyHealth "
+                             "for every task: 104 s against 13 s on the demo)")
+    parser.add_argument("--peer-mem-cap-gb", type=float, default=14.0,
+                        help="stop PyHealth when its process tree passes this RSS (the machine is shared)")
     parser.add_argument("--pyhealth-venv", type=Path, default=Path("/tmp/pyhealth-venv"))
     parser.add_argument("--seed", type=int, default=7, help="corpus synth --seed")
     parser.add_argument("--format", default="csv.gz", choices=("csv.gz", "parquet"),
@@ -91,8 +94,12 @@ def main() -> None:
         entry["source"] = str(source)
         entry["ours"] = run_stages(source, args.scratch / "work" / str(size), args.recipe, logs, f"n={size}")
         if not args.no_peer and size in args.peer_sizes:
+            # The ratio compares the same input: our stages again on only the tables PyHealth reads.
+            entry["ours_peer_tables"] = run_stages(peer_tables(source), args.scratch / "work" / f"{size}-peer-tables",
+                                                   args.recipe, logs, f"n={size} (PyHealth's tables)")
             entry["pyhealth"] = run_peer(source, args.scratch / "pyhealth-cache" / str(size), args.pyhealth_venv,
-                                         args.peer_cap_s, logs, f"n={size}", workers=args.peer_workers)
+                                         args.peer_cap_s, logs, f"n={size}", workers=args.peer_workers,
+                                         mem_cap_gb=args.peer_mem_cap_gb)
         results["sizes"][str(size)] = entry
         if args.json:  # after every size: a long run that dies keeps what it measured
             _write(args.json, results)

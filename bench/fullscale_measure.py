@@ -77,11 +77,13 @@ def _vm_hwm(pid: int) -> int:
 
 
 def run_measured(command: list[str], cwd: Path, env: dict | None = None, cap_s: float | None = None,
-                 log_path: Path | None = None) -> Measured:
+                 log_path: Path | None = None, mem_cap_gb: float | None = None) -> Measured:
     """Run `command` in `cwd`; stderr goes to `log_path` (the stage's own logs), stdout is kept.
 
     With `cap_s`, the whole process group is killed at the cap and the run is
-    marked capped: its time is "more than cap_s", never a figure."""
+    marked capped: its time is "more than cap_s", never a figure. With
+    `mem_cap_gb`, the same when the tree's RSS passes it (the machine is shared:
+    a peer must not take the others' memory); `extra["mem_capped"]` says which."""
     load_before = loadavg()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     start = time.perf_counter()
@@ -90,11 +92,15 @@ def run_measured(command: list[str], cwd: Path, env: dict | None = None, cap_s: 
     root = psutil.Process(proc.pid)
     peak = {"tree": 0, "hwm": 0}
     done = threading.Event()
+    mem_capped = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             peak["tree"] = max(peak["tree"], _tree_rss(root))
             peak["hwm"] = max(peak["hwm"], _vm_hwm(proc.pid))
+            if mem_cap_gb is not None and peak["tree"] > mem_cap_gb * 1e9 and not mem_capped.is_set():
+                mem_capped.set()
+                os.killpg(proc.pid, 9)
             done.wait(INTERVAL_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -117,4 +123,4 @@ def run_measured(command: list[str], cwd: Path, env: dict | None = None, cap_s: 
     return Measured(command=[str(c) for c in command], returncode=proc.returncode, wall_s=wall,
                     peak_rss_bytes=max(peak["tree"], peak["hwm"]), capped=capped, cap_s=cap_s,
                     load_before=load_before, load_after=loadavg(), stdout=stdout.decode(errors="replace"),
-                    stderr_tail=tail)
+                    stderr_tail=tail, extra={"mem_capped": mem_capped.is_set(), "mem_cap_gb": mem_cap_gb})

@@ -26,15 +26,17 @@ def ensure_venv(venv: Path) -> Path:
 
 
 def run_peer(source: Path, cache: Path, venv: Path, cap_s: float, log_dir: Path, label: str,
-             workers: int = 2) -> dict:
+             workers: int = 1, mem_cap_gb: float | None = None) -> dict:
     python = ensure_venv(venv)
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True)
     measured = run_measured([str(python), str(PEER / "run_tasks.py"), str(source.resolve()), str(cache),
                              "--workers", str(workers)], cwd=HERE, cap_s=cap_s,
-                            log_path=log_dir / f"{label}-pyhealth.log")
+                            log_path=log_dir / f"{label}-pyhealth.log", mem_cap_gb=mem_cap_gb)
     figures = measured.as_json()
-    if measured.capped:
+    if figures["mem_capped"]:
+        figures["status"] = f"stopped at {mem_cap_gb:g} GB after {measured.wall_s:.0f} s"
+    elif measured.capped:
         figures["status"] = f"capped at {cap_s:.0f} s"
     elif measured.returncode != 0:
         figures["status"] = f"failed (rc {measured.returncode})"

@@ -8,9 +8,14 @@ TARGET_S, TARGET_GB, TARGET_RATIO, TARGET_SIZE = 300.0, 8.0, 10.0, 300_000
 LINEAR_SLACK = 1.3
 
 
-def _ours_total(entry: dict) -> tuple[float, float]:
-    ours = entry["ours"]
+def _ours_total(entry: dict, key: str = "ours") -> tuple[float, float]:
+    ours = entry[key]
     return sum(ours[s]["wall_s"] for s in STAGES), max(ours[s]["peak_rss_gb"] for s in STAGES)
+
+
+def _comparable(entry: dict) -> str:
+    """Which of our runs PyHealth is compared with: the one on the same tables when there is one."""
+    return "ours_peer_tables" if "ours_peer_tables" in entry else "ours"
 
 
 def _peer_cell(peer: dict | None) -> str:
@@ -21,32 +26,51 @@ def _peer_cell(peer: dict | None) -> str:
     return f"{peer['wall_s']:.1f} s / {peer['peak_rss_gb']:.2f} GB"
 
 
-def _ratio(entry: dict) -> float | None:
+def _ratio(entry: dict, key: str | None = None) -> float | None:
     peer = entry.get("pyhealth")
     if not peer or peer["status"] != "done":
         return None
-    return peer["wall_s"] / _ours_total(entry)[0]
+    return peer["wall_s"] / _ours_total(entry, key or _comparable(entry))[0]
+
+
+def _ratio_cell(entry: dict, key: str) -> str:
+    peer = entry.get("pyhealth")
+    ratio = _ratio(entry, key)
+    if ratio is not None:
+        return f"{ratio:.1f}x"
+    if peer and peer.get("capped"):
+        return f"> {peer['cap_s'] / _ours_total(entry, key)[0]:.1f}x"
+    return "-"
+
+
+def _table(results: dict, sizes: list[str], key: str, with_synth: bool) -> list[str]:
+    head = f"{'patients':>9} | " + (f"{'synth s':>8} | " if with_synth else "")
+    head += " | ".join(f"{s + ' s / GB':>17}" for s in STAGES)
+    head += f" | {'ours total':>17} | {'PyHealth 2.1':>19} | {'PyHealth/ours':>13}"
+    lines = [head, "-" * len(head)]
+    for size in sizes:
+        entry = results["sizes"][size]
+        if key not in entry:
+            continue
+        synth = entry.get("synth")
+        synth_cell = "-" if not synth else f"{synth['wall_s']:.1f}" + ("*" if synth.get("cached") else "")
+        cells = [f"{entry[key][s]['wall_s']:.1f} s / {entry[key][s]['peak_rss_gb']:.2f}" for s in STAGES]
+        total_s, peak = _ours_total(entry, key)
+        lines.append(f"{int(size):>9,} | " + (f"{synth_cell:>8} | " if with_synth else "")
+                     + " | ".join(f"{c:>17}" for c in cells)
+                     + f" | {f'{total_s:.1f} s / {peak:.2f}':>17} | {_peer_cell(entry.get('pyhealth')):>19}"
+                     f" | {_ratio_cell(entry, key):>13}")
+    return lines
 
 
 def report_lines(results: dict) -> list[str]:
     sizes = sorted(results["sizes"], key=int)
     lines = ["", f"machine: {results['cpu']['model']} ({results['cpu']['logical_cpus']} logical CPUs); "
              f"load {results['loadavg_start']} at the start, {results.get('loadavg_end', '?')} at the end", ""]
-    head = f"{'patients':>9} | {'synth s':>8} | " + " | ".join(f"{s + ' s / GB':>17}" for s in STAGES)
-    head += f" | {'ours total':>17} | {'PyHealth 2.1':>19} | {'PyHealth/ours':>13}"
-    lines += [head, "-" * len(head)]
-    for size in sizes:
-        entry = results["sizes"][size]
-        synth = entry.get("synth")
-        synth_cell = "-" if not synth else f"{synth['wall_s']:.1f}" + ("*" if synth.get("cached") else "")
-        cells = [f"{entry['ours'][s]['wall_s']:.1f} s / {entry['ours'][s]['peak_rss_gb']:.2f}" for s in STAGES]
-        total_s, peak = _ours_total(entry)
-        ratio = _ratio(entry)
-        peer = entry.get("pyhealth")
-        ratio_cell = f"{ratio:.1f}x" if ratio is not None else (f"> {peer['cap_s'] / total_s:.1f}x"
-                                                                if peer and peer.get("capped") else "-")
-        lines.append(f"{int(size):>9,} | {synth_cell:>8} | " + " | ".join(f"{c:>17}" for c in cells)
-                     + f" | {f'{total_s:.1f} s / {peak:.2f}':>17} | {_peer_cell(peer):>19} | {ratio_cell:>13}")
+    lines += ["every synthetic table (labevents included):"] + _table(results, sizes, "ours", True)
+    if any("ours_peer_tables" in results["sizes"][size] for size in sizes):
+        lines += ["", "the same input as PyHealth (its tables only; this is the ratio the target is read on):"]
+        lines += _table(results, sizes, "ours_peer_tables", False)
     lines += ["", "(* synth time from the run that generated the cached tables; GB: peak RSS of the stage's "
               "process tree; ours total: the stages' seconds summed, the largest stage peak)", ""]
     lines.append("input rows/s: " + "; ".join(
@@ -90,10 +114,11 @@ def _targets(results: dict, sizes: list[str], worst_growth: float | None) -> lis
             continue
         ratio = _ratio(entry)
         if ratio is not None:
-            out.append(f">= {TARGET_RATIO:.0f}x PyHealth at {int(size):,}: {'met' if ratio >= TARGET_RATIO else 'MISSED'}"
-                       f" ({ratio:.1f}x)")
+            out.append(f">= {TARGET_RATIO:.0f}x PyHealth at {int(size):,} (same tables): "
+                       f"{'met' if ratio >= TARGET_RATIO else 'MISSED'} ({ratio:.1f}x; {_ratio(entry, 'ours'):.1f}x "
+                       "against our run on every table)")
         elif peer.get("capped"):
-            bound = peer["cap_s"] / _ours_total(entry)[0]
+            bound = peer["cap_s"] / _ours_total(entry, _comparable(entry))[0]
             out.append(f">= {TARGET_RATIO:.0f}x PyHealth at {int(size):,}: PyHealth {peer['status']}, so more than "
                        f"{bound:.1f}x" + (" (met)" if bound >= TARGET_RATIO else " (not shown)"))
         else:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -50,9 +51,14 @@ def synth_tables(patients: int, seed: int, fmt: str, scratch: Path, log_dir: Pat
 
     Returns the folder and the generation's measurement (None when it was cached)."""
     out = scratch / "synth" / f"n{patients}-s{seed}-{fmt.replace('.', '')}"
+    partial = out.with_name(out.name + ".partial")
+    # Another run (an earlier benchmark started apart, say) may be writing these tables:
+    # corpus synth writes into a hidden .tmp folder, renamed when done. Wait for it.
+    while not (out / "hosp").is_dir() and (list(out.parent.glob(f".{partial.name}*.tmp"))
+                                          or (partial.is_dir() and time.time() - partial.stat().st_mtime < 60)):
+        time.sleep(10)
     if (out / "hosp").is_dir():
         return out, None
-    partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "corpus.cli", "synth", "--patients", str(patients), "--seed", str(seed),
@@ -65,6 +71,25 @@ def synth_tables(patients: int, seed: int, fmt: str, scratch: Path, log_dir: Pat
     figures = measured.as_json()
     (out / ".bench-synth.json").write_text(json.dumps(figures, indent=2, sort_keys=True))
     return out, figures
+
+
+# The tables PyHealth's MIMIC-IV dataset reads for its three tasks, plus the two ICD
+# dictionaries our cohorts need to name codes (required in the ingest spec).
+PEER_TABLES = ("hosp/patients", "hosp/admissions", "hosp/diagnoses_icd", "hosp/procedures_icd",
+               "hosp/prescriptions", "hosp/d_icd_diagnoses", "hosp/d_icd_procedures", "icu/icustays")
+
+
+def peer_tables(source: Path) -> Path:
+    """A sibling folder linking only PEER_TABLES of `source`: our stages on the same input
+    PyHealth reads (no labevents: about 80% of the synthetic rows, read by our ingest only)."""
+    out = source.with_name(source.name + "-peer-tables")
+    for table in PEER_TABLES:
+        for candidate in sorted(source.glob(f"{table}.*")):
+            link = out / candidate.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(candidate.resolve())
+    return out
 
 
 def _scratch_params(source: Path, recipe: str) -> dict:
