@@ -9,10 +9,10 @@
 -- Reads the views diagnoses_icd, procedures_icd, prescriptions, icustays.
 SELECT * FROM (
     SELECT 'dx' AS kind, icd_code AS a, CAST(icd_version AS VARCHAR) AS b, NULL AS c, NULL AS d, count(*) AS n
-    FROM diagnoses_icd WHERE icd_code IS NOT NULL GROUP BY ALL
+    FROM diagnoses_icd WHERE icd_code IS NOT NULL AND icd_version IS NOT NULL GROUP BY ALL
     UNION ALL
     SELECT 'px', icd_code, CAST(icd_version AS VARCHAR), NULL, NULL, count(*)
-    FROM procedures_icd WHERE icd_code IS NOT NULL GROUP BY ALL
+    FROM procedures_icd WHERE icd_code IS NOT NULL AND icd_version IS NOT NULL GROUP BY ALL
     UNION ALL
     SELECT 'rx', drug, drug_type, ndc, route, count(*)
     FROM prescriptions WHERE drug IS NOT NULL GROUP BY ALL

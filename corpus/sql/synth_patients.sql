@@ -1,7 +1,6 @@
 -- synth_patients.sql
 -- Returns one row per source patient (the synthetic generator's patient
 -- templates), ordered by subject_id: gender, anchor_age, anchor_year,
--- admissions (how many valid admissions the patient has: 0 for none),
 -- first_offset_s (seconds from 1 January of anchor_year to the first
 -- admittime; NULL without admissions), outpatient_labs (lab events with no
 -- hadm_id), dod_days (whole days from the last dischtime to dod, for a patient
@@ -17,7 +16,7 @@ WITH valid AS (
     QUALIFY count(*) OVER (PARTITION BY hadm_id) = 1
 ),
 per_patient AS (
-    SELECT subject_id, count(*) AS admissions, min(admittime) AS first_admit, max(dischtime) AS last_disch,
+    SELECT subject_id, min(admittime) AS first_admit, max(dischtime) AS last_disch,
            max(expire) AS died
     FROM valid
     GROUP BY subject_id
@@ -34,12 +33,10 @@ people AS (
     QUALIFY count(*) OVER (PARTITION BY subject_id) = 1
 )
 SELECT p.subject_id, p.gender, p.anchor_age, p.anchor_year,
-       coalesce(a.admissions, 0) AS admissions,
        CAST(epoch(a.first_admit) - epoch(make_timestamp(p.anchor_year, 1, 1, 0, 0, 0)) AS BIGINT) AS first_offset_s,
        coalesce(o.outpatient_labs, 0) AS outpatient_labs,
        CASE WHEN p.dod IS NOT NULL AND a.died = 0
-            THEN greatest(CAST(p.dod - CAST(a.last_disch AS DATE) AS BIGINT), 0) END AS dod_days,
-       coalesce(a.died, 0) AS died
+            THEN greatest(CAST(p.dod - CAST(a.last_disch AS DATE) AS BIGINT), 0) END AS dod_days
 FROM people p
 LEFT JOIN per_patient a USING (subject_id)
 LEFT JOIN outpatient o USING (subject_id)

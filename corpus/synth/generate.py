@@ -31,6 +31,7 @@ ANCHOR_SPAN_S = 3 * 365 * DAY_S
 # so copies of one template do not share their times (stays and gaps are kept).
 SHIFT_S = 365 * DAY_S
 
+
 @dataclass(frozen=True)
 class Offsets:
     """Where a chunk's ids start."""
@@ -66,7 +67,6 @@ class ChunkGenerator:
     def __init__(self, fit: SourceFit) -> None:
         self.fit = fit
         col = fit.column
-        self.pat_k = col("patients", "admissions").astype(np.int64)
         self.pat_age = col("patients", "anchor_age").astype(np.int32)
         self.pat_year = col("patients", "anchor_year").astype(np.int64)
         self.pat_offset = np.nan_to_num(col("patients", "first_offset_s").astype(np.float64)).astype(np.int64)
@@ -108,7 +108,6 @@ class ChunkGenerator:
         self.lab_abnormal = lab.column("abnormal").to_numpy().astype(np.float64)
         self.lab_flag = lab.column("flag").combine_chunks().dictionary_encode()
 
-
     def chunk(self, seed: int, index: int, patients: int, at: Offsets) -> tuple[dict[str, list[pa.Table]], Offsets]:
         """Tables of patients at.patient .. at.patient + patients - 1, and where the next chunk's ids start."""
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
@@ -135,7 +134,7 @@ class ChunkGenerator:
         adm_subject = subject[adm_pat]
 
         last_disch = np.zeros(patients, np.int64)
-        last_disch[adm_pat] = disch  # admissions are in order: the last write per patient is its last discharge
+        last_disch[k > 0] = disch[np.cumsum(k)[k > 0] - 1]
         death = self.pat_died[tp] & (k > 0)
         dod_days = self.pat_dod[tp]
         has_dod = ~death & ~np.isnan(dod_days) & (k > 0)
