@@ -151,19 +151,22 @@ def run_base_model(params_path: Path = Path("params.yaml")) -> dict:
 
 
 def train_questions(config, questions_dir: Path = QUESTIONS) -> list[dict]:
-    """The train questions this host samples: task filter, shard, then the first `limit` by id."""
+    """The train questions this host samples: task filter, the first `limit` by id, then its shard.
+    The shard comes last so that the n shards split exactly the questions of one unsharded run
+    (their merged caches then answer that run without generating)."""
     frame = pl.read_parquet(questions_dir / "train.parquet").sort("id")
     if config.tasks:
         frame = frame.filter(pl.col("task").is_in(list(config.tasks)))
+    if config.limit:
+        frame = frame.head(config.limit)
     if config.num_shards > 1:
         shard_of = frame["id"].map_elements(lambda i: int(i[:8], 16) % config.num_shards, return_dtype=pl.Int64)
         frame = frame.filter(shard_of == config.shard)
-    if config.limit:
-        frame = frame.head(config.limit)
     return frame.to_dicts()
 
 
 def build_generator(config, model_path: Path, template_hash: str):
+    from corpus.generate.auto_backend import resolve_backend
     from corpus.generate.backends import (
         OpenAICompatibleGenerator,
         SamplingConfig,
@@ -172,12 +175,25 @@ def build_generator(config, model_path: Path, template_hash: str):
     )
 
     sampling = SamplingConfig(config.temperature, config.top_p, config.max_new_tokens)
-    if config.backend == "vllm":
+    backend, family = resolve_backend(config.backend)
+    if config.backend == "auto":
+        log.info("sample.backend auto -> %s (CPU family %s, corpus/templates/backend_defaults.yaml)", backend, family)
+    if backend == "vllm":
         return VLLMGenerator(model_path, sampling, template_hash)
-    if config.backend == "openai":
+    if backend == "openai":
         o = config.openai
         return OpenAICompatibleGenerator(o.base_url, o.model, sampling, template_hash, revision=o.revision,
                                          concurrency=o.concurrency, attempts=o.attempts, timeout=o.timeout)
+    if backend == "openvino":
+        from corpus.generate.openvino_backend import OpenVINOGenerator, ensure_ir
+
+        v = config.openvino
+        return OpenVINOGenerator(model_path, sampling, template_hash,
+                                 ir_dir=ensure_ir(model_path, v.weight_format, v.export_cache),
+                                 weight_format=v.weight_format, threads=v.threads,
+                                 inference_precision=v.inference_precision, kv_cache_precision=v.kv_cache_precision,
+                                 max_num_batched_tokens=v.max_num_batched_tokens, max_num_seqs=v.max_num_seqs,
+                                 cache_size_gb=v.cache_size_gb, cpu_family=family)
     t = config.transformers
     return TransformersGenerator(model_path, sampling, template_hash, max_batch_tokens=t.max_batch_tokens,
                                  max_rows=t.max_rows, threads=t.threads, dtype=t.dtype)
