@@ -320,7 +320,9 @@ def cache_merge(
     sources: list[Path] = typer.Argument(..., help="Cache files of other hosts or shards."),
     into: Path = typer.Option(Path(".cache/generations.sqlite"), help="Cache file to merge into."),
 ) -> None:
-    """Copy every generation the target cache lacks from SOURCES (after a sharded run)."""
+    """Copy every generation the target cache lacks from SOURCES (after a sharded run), in one
+    transaction: a key two files answer differently stops the merge (naming the key and both
+    files) and leaves the target as it was; the same key with the same answer is skipped."""
     from corpus.generate.cache import GenerationCache
 
     def merge() -> int:
@@ -331,7 +333,7 @@ def cache_merge(
                 raise SourceError(f"{source}: cache file not found")
         target = GenerationCache(into)
         try:
-            return sum(target.merge_from(source) for source in sources)
+            return target.merge_from(*sources)
         finally:
             target.close()
 
