@@ -10,6 +10,7 @@ mark, exact for one process) is taken too, and the larger of the two is reported
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -85,6 +86,10 @@ def run_measured(command: list[str], cwd: Path, env: dict | None = None, cap_s: 
     `mem_cap_gb`, the same when the tree's RSS passes it (the machine is shared:
     a peer must not take the others' memory); `extra["mem_capped"]` says which."""
     load_before = loadavg()
+    # CPU seconds (user + sys) of the child and every descendant it waited for: on
+    # this shared machine (load 10+ on 2 cores) wall time is inflated by waiting
+    # for a CPU, CPU time much less so. One measured run at a time in this process.
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log,
@@ -113,6 +118,8 @@ def run_measured(command: list[str], cwd: Path, env: dict | None = None, cap_s: 
         os.killpg(proc.pid, 9)  # the child's own session: its workers go with it
         stdout, _ = proc.communicate()
     wall = time.perf_counter() - start
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
     done.set()
     sampler.join()
     if log_path:
@@ -123,4 +130,5 @@ def run_measured(command: list[str], cwd: Path, env: dict | None = None, cap_s: 
     return Measured(command=[str(c) for c in command], returncode=proc.returncode, wall_s=wall,
                     peak_rss_bytes=max(peak["tree"], peak["hwm"]), capped=capped, cap_s=cap_s,
                     load_before=load_before, load_after=loadavg(), stdout=stdout.decode(errors="replace"),
-                    stderr_tail=tail, extra={"mem_capped": mem_capped.is_set(), "mem_cap_gb": mem_cap_gb})
+                    stderr_tail=tail, extra={"mem_capped": mem_capped.is_set(), "mem_cap_gb": mem_cap_gb,
+                                                     "cpu_s": round(cpu_s, 3)})

@@ -45,6 +45,7 @@ def run_peer(source: Path, cache: Path, venv: Path, cap_s: float, log_dir: Path,
         figures["status"] = "done"
         figures.update(json.loads(measured.stdout.strip().splitlines()[-1]))
     shutil.rmtree(cache, ignore_errors=True)  # GBs at 100k patients; the figures are kept
-    print(f"  {label} pyhealth: {figures['status']}, {measured.wall_s:.1f} s, peak {measured.peak_gb:.2f} GB "
+    print(f"  {label} pyhealth: {figures['status']}, {measured.wall_s:.1f} s ({figures['cpu_s']:.1f} CPU s), "
+          f"peak {measured.peak_gb:.2f} GB "
           f"(load {measured.load_before} -> {measured.load_after})", flush=True)
     return figures

@@ -73,6 +73,25 @@ def report_lines(results: dict) -> list[str]:
         lines += _table(results, sizes, "ours_peer_tables", False)
     lines += ["", "(* synth time from the run that generated the cached tables; GB: peak RSS of the stage's "
               "process tree; ours total: the stages' seconds summed, the largest stage peak)", ""]
+    lines += ["CPU seconds (user + sys of each process tree; less inflated than wall time by other "
+              "processes on the machine):"]
+    for size in sizes:
+        entry = results["sizes"][size]
+        for key, what in (("ours", "every table"), ("ours_peer_tables", "PyHealth's tables")):
+            if key not in entry:
+                continue
+            cpu = [entry[key][s].get("cpu_s") for s in STAGES]
+            if None in cpu:
+                continue
+            line = (f"  {int(size):,} ({what}): " + ", ".join(f"{s} {c:.1f}" for s, c in zip(STAGES, cpu))
+                    + f", total {sum(cpu):.1f}")
+            peer = entry.get("pyhealth")
+            if key == _comparable(entry) and peer and peer.get("cpu_s") is not None:
+                line += f"; PyHealth {peer['cpu_s']:.1f} ({peer['status']})"
+                if peer["status"] == "done":
+                    line += f", ratio {peer['cpu_s'] / sum(cpu):.1f}x"
+            lines.append(line)
+    lines.append("")
     lines.append("input rows/s: " + "; ".join(
         f"{int(size):,}: " + ", ".join(f"{s} {entry['ours'][s]['rows_per_s']:,.0f} ({entry['ours'][s]['input_rows']:,} rows)"
                                       for s in STAGES)
@@ -90,12 +109,18 @@ def _growth(results: dict, sizes: list[str]) -> dict:
         scale = int(large) / int(small)
         parts = [f"{s} {b['ours'][s]['wall_s'] / a['ours'][s]['wall_s'] / scale:.2f}" for s in STAGES]
         total = _ours_total(b)[0] / _ours_total(a)[0] / scale
+        cpu_a = [a["ours"][s].get("cpu_s") for s in STAGES]
+        cpu_b = [b["ours"][s].get("cpu_s") for s in STAGES]
+        cpu = ""
+        if None not in cpu_a + cpu_b:
+            cpu = (" | on CPU seconds: " + ", ".join(f"{s} {y / x / scale:.2f}" for s, x, y in zip(STAGES, cpu_a, cpu_b))
+                   + f", total {sum(cpu_b) / sum(cpu_a) / scale:.2f}")
         worst = total if worst is None else max(worst, total)
         peer = ""
         if _ratio(a) is not None and _ratio(b) is not None:
             peer = f", PyHealth {b['pyhealth']['wall_s'] / a['pyhealth']['wall_s'] / scale:.2f}"
         out.append(f"{int(small):,} -> {int(large):,} ({scale:g}x patients): " + ", ".join(parts)
-                   + f", ours total {total:.2f}{peer}")
+                   + f", ours total {total:.2f}{peer}{cpu}")
     return {"lines": out or ["(one size only)"], "worst": worst}
 
 

@@ -134,7 +134,8 @@ def run_stages(source: Path, workdir: Path, recipe: str, log_dir: Path, label: s
         figures["input_rows"] = input_rows(workdir, stage)
         figures["rows_per_s"] = figures["input_rows"] / measured.wall_s
         results[stage] = figures
-        print(f"  {label} {stage}: {measured.wall_s:.1f} s, peak {measured.peak_gb:.2f} GB, "
+        print(f"  {label} {stage}: {measured.wall_s:.1f} s ({figures['cpu_s']:.1f} CPU s), "
+              f"peak {measured.peak_gb:.2f} GB, "
               f"{figures['input_rows']:,} input rows (load {measured.load_before} -> {measured.load_after})",
               flush=True)
     questions = json.loads((workdir / "metrics/details/questions.json").read_text())
