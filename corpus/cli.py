@@ -152,12 +152,19 @@ def sample(
     round_: int = typer.Option(1, "--round", help="Round whose generator samples (params.yaml rounds)."),
     shard: int = typer.Option(None, help="This host's shard (0-based); overrides sample.shard."),
     num_shards: int = typer.Option(None, help="How many hosts share the questions; overrides sample.num_shards."),
+    cache: Path = typer.Option(None, help="Generation cache file; overrides sample.cache (one per host or "
+                                          "array task: SQLite must not be shared over NFS)."),
     params: Path = ParamsOption,
 ) -> None:
-    """Sample k rationale + answer texts per train question, cached by content (stage `sample@<round>`)."""
+    """Sample k rationale + answer texts per train question, cached by content (stage `sample@<round>`).
+
+    With --shard i --num-shards n, writes data/rounds/<r>/samples.shard-i-of-n.parquet (the questions
+    whose id falls in shard i of the unsharded run's questions). Afterwards: `corpus cache merge
+    host*.sqlite`, then `corpus sample --round r` (or `dvc repro`) on the merged cache generates
+    nothing and writes the one samples.parquet."""
     from corpus.stages import run_sample
 
-    stats = _run(lambda: run_sample(round_, params, shard=shard, num_shards=num_shards))
+    stats = _run(lambda: run_sample(round_, params, shard=shard, num_shards=num_shards, cache=cache))
     console.print_json(json.dumps({k: stats[k] for k in ("samples", "accuracy", "by_task", "parse_status", "generation")}))
 
 

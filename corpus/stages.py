@@ -200,8 +200,10 @@ def build_generator(config, model_path: Path, template_hash: str):
 
 
 def run_sample(round_: int, params_path: Path = Path("params.yaml"), shard: int | None = None,
-               num_shards: int | None = None) -> dict:
-    """Stage sample@<round>: k samples per train question -> data/rounds/<r>/samples.parquet + metrics."""
+               num_shards: int | None = None, cache: Path | None = None) -> dict:
+    """Stage sample@<round>: k samples per train question -> data/rounds/<r>/samples.parquet + metrics.
+    `cache` overrides sample.cache: each host of a sharded run writes its own file (SQLite must
+    not be shared over a network file system), joined afterwards by `corpus cache merge`."""
     import dataclasses
 
     from corpus.generate.cache import GenerationCache
@@ -213,6 +215,8 @@ def run_sample(round_: int, params_path: Path = Path("params.yaml"), shard: int 
     config = sample_config(params)
     if shard is not None or num_shards is not None:
         config = dataclasses.replace(config, shard=shard or 0, num_shards=num_shards or 1)
+    if cache is not None:
+        config = dataclasses.replace(config, cache=Path(cache))
     rounds = rounds_config(params)
     if round_ not in rounds:
         raise ConfigError(f"params.yaml rounds: no entry for round {round_} (have {sorted(rounds)})")

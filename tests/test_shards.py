@@ -74,25 +74,29 @@ def test_shards_merged_give_the_file_of_one_run(tmp_path, monkeypatch, inputs):
     whole = _sample(single, monkeypatch)
     assert whole["generation"]["generated"] == LIMIT * K
 
-    hosts = [_host(tmp_path / f"host{i}", model, questions) for i in range(SHARDS)]
-    parts = []
-    for i, host in enumerate(hosts):
-        stats = _sample(host, monkeypatch, shard=i, num_shards=SHARDS)
-        parts.append(pl.read_parquet(host / f"data/rounds/1/samples.shard-{i}-of-{SHARDS}.parquet"))
-        assert stats["generation"]["generated"] == parts[-1].height > 0
-        assert not (host / "data/rounds/1/samples.parquet").exists()
+    # A Slurm array on one shared checkout: task i runs shard i with a cache of its own.
+    cluster = _host(tmp_path / "cluster", model, questions)
+    monkeypatch.chdir(cluster)
+    runner, caches, parts = CliRunner(), [tmp_path / f"cache-{i}.sqlite" for i in range(SHARDS)], []
+    for i in range(SHARDS):
+        result = runner.invoke(app, ["sample", "--round", "1", "--shard", str(i), "--num-shards", str(SHARDS),
+                                     "--cache", str(caches[i])])
+        assert result.exit_code == 0, result.output
+        parts.append(pl.read_parquet(cluster / f"data/rounds/1/samples.shard-{i}-of-{SHARDS}.parquet"))
+        assert _count(caches[i]) == parts[-1].height > 0
+    assert not (cluster / "data/rounds/1/samples.parquet").exists()
+    assert not (cluster / ".cache/generations.sqlite").exists()
     # The shards split the questions of the unsharded run: none twice, none missing.
     ids = [set(p["question_id"]) for p in parts]
     assert sum(map(len, ids)) == len(set().union(*ids)) == LIMIT
 
-    # Host 0 gathers the other hosts' caches and runs the unsharded stage: nothing is generated.
-    caches = [str(h / ".cache/generations.sqlite") for h in hosts[1:]]
-    result = CliRunner().invoke(app, ["cache", "merge", *caches, "--into", str(hosts[0] / ".cache/generations.sqlite")])
+    # Their caches merged into the checkout's, the unsharded stage generates nothing.
+    result = runner.invoke(app, ["cache", "merge", *map(str, caches)])
     assert result.exit_code == 0, result.output
-    assert f"{sum(p.height for p in parts[1:])} generation(s) added" in " ".join(result.output.split())
-    merged = _sample(hosts[0], monkeypatch)
+    assert f"{LIMIT * K} generation(s) added" in " ".join(result.output.split())
+    merged = _sample(cluster, monkeypatch)
     assert merged["generation"]["generated"] == 0 and merged["generation"]["cached"] == LIMIT * K
-    assert ((hosts[0] / "data/rounds/1/samples.parquet").read_bytes()
+    assert ((cluster / "data/rounds/1/samples.parquet").read_bytes()
             == (single / "data/rounds/1/samples.parquet").read_bytes())
     assert pl.concat(parts).sort("id").equals(pl.read_parquet(single / "data/rounds/1/samples.parquet"))
 
@@ -102,6 +106,11 @@ def _cache(path: Path, items: dict[str, Generation]) -> Path:
     cache.put_many(items)
     cache.close()
     return path
+
+
+def _count(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM generations").fetchone()[0]
 
 
 def _rows(path: Path) -> list[tuple]:
