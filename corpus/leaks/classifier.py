@@ -10,8 +10,16 @@ Two views of a rationale feed one logistic regression: TF-IDF over char_wb
 2-5-grams of the normalised text (robust to spelling and inflection) and over
 word 1-3-grams of the spelling-corrected text (``Text.canon``: "anwser" reads
 as "answer"), so short phrases such as "with b locked in" weigh as phrases.
-Leave-one-batch-out cross-validation over the development rows chose the
-second view and the threshold (leak_rules.yaml records the numbers).
+Two substitutions make what is learned carry over to new wordings: the row's
+hinted answer reads as one token (ANSWER_TOKEN: "since it is D," and "since
+the stay is 3 to 6 days," share "since ... qzans ,"), and the rules file's
+allow spans, the clinical uses of the reference words, read as another
+(ALLOWED_TOKEN), so "given his" or "hints at" is never leak evidence.
+Leave-one-batch-out cross-validation over the development rows (a batch: the
+rows one writer wrote in one go, the letters of their ids) chose C, the views
+and the threshold: the highest-recall threshold whose out-of-fold clean-dropped
+rate is at most 2% and that keeps the clinical probes of tests/test_leaks.py
+(leak_rules.yaml records the numbers; ``--cv`` prints them).
 
 The model ships as JSON (corpus/templates/leak_classifier.json), not a
 pickle: vocabulary, idf, weights and intercept are plain numbers that any
@@ -19,10 +27,15 @@ scikit-learn version reads back identically, and the file records the sha256
 of the training rows, the parameters and the library version. Retrain it
 deterministically (liblinear, fixed order) with::
 
-    python -m corpus.leaks.classifier corpus/templates/leak_classifier.json 0.85 \
-        tests/data/leak_labelled.jsonl tests/data/leak_blind.jsonl tests/data/leak_dev2.jsonl
+    python -m corpus.leaks.classifier corpus/templates/leak_classifier.json 0.8 \
+        tests/data/leak_labelled.jsonl tests/data/leak_blind.jsonl tests/data/leak_dev2.jsonl \
+        tests/data/leak_blind2.jsonl tests/data/leak_dev3.jsonl
 
-which trains on the rows whose ``part`` is ``development`` only, files in the order given.
+which trains on every row of the files given, in order (a row of a held-out part raises), and::
+
+    python -m corpus.leaks.classifier --cv FILE.jsonl [FILE.jsonl ...]
+
+prints the leave-one-batch-out figures per threshold.
 """
 
 from __future__ import annotations
@@ -41,22 +54,60 @@ FORMAT = 2
 # char: the normalised text; word: the spelling-corrected text. Sizes keep the file near 250 kB.
 PARAMS = {"char": {"analyzer": "char_wb", "ngram_range": [2, 5], "max_features": 6000},
           "word": {"analyzer": "word", "ngram_range": [1, 3], "max_features": 3000},
-          "min_df": 2, "sublinear_tf": True, "C": 4.0, "class_weight": "balanced"}
+          "min_df": 2, "sublinear_tf": True, "C": 32.0, "class_weight": "balanced", "answer_token": True,
+          "allowed_token": True}
 VIEWS = ("char", "word")
 # word tokens keep one-letter words: the option letter ("it's c, so") is the signal
 _WORD_TOKENS = r"(?u)\b\w+\b"
-TRAIN_PART = "development"
+ANSWER_TOKEN = " qzans "  # what the hinted answer reads as (a token no rationale has)
+ALLOWED_TOKEN = " qzok "  # what an allow span (a clinical use of a reference word) reads as
+HELD_OUT_PARTS = ("blind3",)  # parts never trained on (tests/test_leaks.py measures them)
 # top_sentence's pieces: each ends at any run of . ! ? or at a line break. Unlike the sentences of
 # corpus.leaks.text (. ! ? followed by whitespace), "4.2" and "e.g." split here.
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
 
 
 def training_rows(paths) -> list[dict]:
-    """The labelled rows a classifier is trained on: `part` == development, files and lines in order."""
+    """The labelled rows a classifier is trained on: every row of the files given, files and lines in
+    order. The caller names the development files; a row marked as held out (`part` in HELD_OUT_PARTS)
+    raises, so a held-out file cannot be trained on by mistake."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    rows = [json.loads(line) for path in paths
-            for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [row for row in rows if row.get("part") == TRAIN_PART]
+    rows = []
+    for path in paths:
+        for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if row.get("part") in HELD_OUT_PARTS:
+                raise ConfigError(f"{path}, line {number}: row {row.get('id')!r} is part {row['part']!r}, "
+                                  "held out: the classifier must not be trained on it")
+            rows.append(row)
+    return rows
+
+
+def _hint(row: dict) -> tuple[str, str]:
+    return row.get("hint") or "", row.get("answer") or ""
+
+
+def batch(row: dict) -> str:
+    """A row's batch: the letters its id starts with ("M" of "M017"); each batch was written in one go."""
+    found = re.match(r"[A-Za-z]+", str(row["id"]))
+    return found.group(0) if found else ""
+
+
+def out_of_fold(rows: list[dict], spelling, allow=()) -> list[float]:
+    """Leave-one-batch-out probabilities: each row scored by a model fitted on the other batches only."""
+    probabilities = [0.0] * len(rows)
+    for held in sorted({batch(row) for row in rows}):
+        train_rows = [row for row in rows if batch(row) != held]
+        model = LeakClassifier({"format": FORMAT, "threshold": 1.0, **fit(
+            [row["rationale"] for row in train_rows], [row["leak"] for row in train_rows], spelling,
+            [_hint(row) for row in train_rows], allow)}, "", "", spelling, allow)
+        indices = [i for i, row in enumerate(rows) if batch(row) == held]
+        for i, p in zip(indices, model.probabilities([rows[i]["rationale"] for i in indices],
+                                                     [_hint(rows[i]) for i in indices])):
+            probabilities[i] = p
+    return probabilities
 
 
 def rows_sha256(rows: list[dict]) -> str:
@@ -80,20 +131,61 @@ def _vectorizer(view: str, vocabulary=None):
                            dtype=np.float64, **({"token_pattern": _WORD_TOKENS} if spec["analyzer"] == "word" else {}))
 
 
-def views(texts: list[str], spelling) -> dict[str, list[str]]:
-    """Each view's input: char reads the normalised text, word the spelling-corrected one."""
+def views(texts: list[str], spelling, hints=None, allow=()) -> dict[str, list[str]]:
+    """Each view's input: char reads the normalised text, word the spelling-corrected one. With
+    `hints` ((hint, answer) per text, or None), the row's hinted answer where it stands as the answer
+    (its letter, Yes/No, the option's range: `corpus.leaks.filter.answer_regex`) reads as one token,
+    ANSWER_TOKEN, in both views: "since it is D for glucose" and "since the stay is 3 to 6 days" then
+    share the n-grams "since it is qzans" / "is qzans", so the model learns the hint's content near a
+    cue across rows instead of one letter or range at a time.
+
+    `allow`: the rules file's allow regexes; what they match (the clinical uses of the reference words:
+    "given his", "hints at", "the correct dose", "justify my answer") reads as ALLOWED_TOKEN, so the
+    model does not learn those words as leak evidence from the rows where they stand next to a leak."""
+    from corpus.leaks.filter import answer_regex
     from corpus.leaks.text import Text
 
     canon = [Text(t, spelling) for t in texts]
-    return {"char": [t.norm for t in canon], "word": [t.canon for t in canon]}
+    out = {"char": [t.norm for t in canon], "word": [t.canon for t in canon]}
+    if allow:
+        for i, text in enumerate(canon):
+            spans = _merged([(m.start(), m.end()) for regex in allow for m in regex.finditer(text.canon) if m.end() > m.start()])
+            if spans:
+                out["word"][i] = _masked(text.canon, spans)
+                out["char"][i] = _masked(text.norm, [text.to_norm(start, end) for start, end in spans])
+    if hints is not None:
+        for i, pair in enumerate(hints):
+            regex = answer_regex(*pair) if pair else None
+            if regex is not None:
+                out["char"][i] = regex.sub(ANSWER_TOKEN, out["char"][i])
+                out["word"][i] = regex.sub(ANSWER_TOKEN, out["word"][i])
+    return out
 
 
-def fit(texts: list[str], labels: list[bool], spelling) -> dict:
-    """A model (the JSON-able dict) trained on `texts` (raw rationales) and `labels`."""
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+def _masked(text: str, spans) -> str:
+    pieces, position = [], 0
+    for start, end in spans:
+        pieces += [text[position:start], ALLOWED_TOKEN]
+        position = max(position, end)
+    return "".join(pieces) + text[position:]
+
+
+def fit(texts: list[str], labels: list[bool], spelling, hints=None, allow=()) -> dict:
+    """A model (the JSON-able dict) trained on `texts` (raw rationales) and `labels`; `hints`: see `views`."""
     import scipy.sparse as sparse
     from sklearn.linear_model import LogisticRegression
 
-    inputs, model, blocks = views(texts, spelling), {}, []
+    inputs, model, blocks = views(texts, spelling, hints, allow), {}, []
     for view in VIEWS:
         vectorizer = _vectorizer(view)
         blocks.append(vectorizer.fit_transform(inputs[view]))
@@ -113,15 +205,16 @@ def train(labelled, threshold: float) -> dict:
     """The shipped file's content: a model fitted on the development rows of the `labelled` files."""
     import sklearn
 
-    from corpus.leaks.rules import default_spelling
+    from corpus.leaks.rules import default_allow, default_spelling
 
     paths = [labelled] if isinstance(labelled, (str, Path)) else list(labelled)
     rows = training_rows(paths)
     return {"format": FORMAT, "kind": "tfidf_char_wb_word_logreg", "params": PARAMS, "threshold": threshold,
             "sklearn": sklearn.__version__,
-            "trained_on": {"files": [Path(p).name for p in paths], "part": TRAIN_PART, "rows": len(rows),
+            "trained_on": {"files": [Path(p).name for p in paths], "rows": len(rows),
                            "sha256": rows_sha256(rows)},
-            **fit([row["rationale"] for row in rows], [row["leak"] for row in rows], default_spelling())}
+            **fit([row["rationale"] for row in rows], [row["leak"] for row in rows], default_spelling(),
+                  [_hint(row) for row in rows], default_allow())}
 
 
 @dataclass
@@ -133,13 +226,14 @@ class LeakClassifier:
     source: str
     sha256: str
     spelling: object = None
+    allow: tuple = ()  # the rules file's allow regexes (see `views`)
 
     def __post_init__(self):
         self.threshold = float(self.data["threshold"])
         self._vectorizers = None
 
     @classmethod
-    def load(cls, path: str | Path, spelling=None) -> "LeakClassifier":
+    def load(cls, path: str | Path, spelling=None, allow=()) -> "LeakClassifier":
         path = Path(path)
         try:
             raw = path.read_bytes()
@@ -153,10 +247,10 @@ class LeakClassifier:
                 isinstance(data[v], dict) and len(data[v].get("vocabulary", ())) == len(data[v].get("idf", ()))
                 == len(data[v].get("coef", ())) for v in VIEWS):
             raise ConfigError(f"leak classifier file {path}: not a format-{FORMAT} model (missing {sorted(missing)})")
-        return cls(data, str(path), hashlib.sha256(raw).hexdigest(), spelling)
+        return cls(data, str(path), hashlib.sha256(raw).hexdigest(), spelling, allow)
 
-    def _scores(self, texts: list[str]):
-        """Linear scores (before the intercept) of raw texts."""
+    def _scores(self, texts: list[str], hints=None):
+        """Linear scores (before the intercept) of raw texts; `hints`: see `views`."""
         import numpy as np
 
         if self._vectorizers is None:
@@ -166,30 +260,64 @@ class LeakClassifier:
                 vectorizer = _vectorizer(view, {gram: i for i, gram in enumerate(part["vocabulary"])})
                 vectorizer.idf_ = np.asarray(part["idf"], dtype=float)
                 self._vectorizers[view] = (vectorizer, np.asarray(part["coef"], dtype=float))
-        inputs = views(texts, self.spelling)
+        params = self.data.get("params", {})  # a model trained without the tokens reads texts without them
+        inputs = views(texts, self.spelling, hints if params.get("answer_token") else None,
+                       self.allow if params.get("allowed_token") else ())
         return sum(vectorizer.transform(inputs[view]) @ coef for view, (vectorizer, coef) in self._vectorizers.items())
 
-    def probabilities(self, texts: list[str]) -> list[float]:
-        """P(leak) of each raw text."""
-        scores = self._scores(texts) + float(self.data["intercept"])
+    def probabilities(self, texts: list[str], hints=None) -> list[float]:
+        """P(leak) of each raw text; `hints`: (hint, answer) per text, or None."""
+        scores = self._scores(texts, hints) + float(self.data["intercept"])
         return [1.0 / (1.0 + math.exp(-float(s))) for s in scores]
 
-    def probability(self, text: str) -> float:
-        return self.probabilities([text])[0]
+    def probability(self, text: str, hint: str | None = None, answer: str | None = None) -> float:
+        return self.probabilities([text], [(hint or "", answer or "")])[0]
 
-    def top_sentence(self, norm: str) -> tuple[int, int]:
+    def top_sentence(self, norm: str, hint: str | None = None, answer: str | None = None) -> tuple[int, int]:
         """The span (in the normalised text) of the sentence the model scores highest: what --explain shows."""
         spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(norm) if m.group(0).strip()] or [(0, len(norm))]
-        scores = self._scores([norm[s:e] for s, e in spans])
+        scores = self._scores([norm[s:e] for s, e in spans], [(hint or "", answer or "")] * len(spans))
         start, end = spans[max(range(len(spans)), key=lambda i: (scores[i], -i))]
         while start < end and norm[start].isspace():
             start += 1
         return start, end
 
 
+CV_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def cross_validate(paths) -> list[str]:
+    """The table `--cv` prints: out-of-fold recall and clean-dropped rate per threshold, pooled and
+    per batch (each batch scored by a model fitted on the others)."""
+    from corpus.leaks.rules import default_allow, default_spelling
+
+    rows = training_rows(paths)
+    probabilities = out_of_fold(rows, default_spelling(), default_allow())
+    batches = sorted({batch(row) for row in rows})
+    lines = [f"{len(rows)} rows, {len(batches)} batches ({' '.join(batches)}); recall / clean dropped, out of fold",
+             "threshold  pooled         " + " ".join(f"{name:>11s}" for name in batches)]
+    for threshold in CV_THRESHOLDS:
+        cells = []
+        for name in [None, *batches]:
+            chosen = [(row["leak"], p) for row, p in zip(rows, probabilities) if name is None or batch(row) == name]
+            leaks = [p for leak, p in chosen if leak]
+            clean = [p for leak, p in chosen if not leak]
+            cells.append(f"{_rate(leaks, threshold)}/{_rate(clean, threshold)}")
+        lines.append(f"{threshold:<9.2f}  {cells[0]:<14s} " + " ".join(f"{cell:>11s}" for cell in cells[1:]))
+    return lines
+
+
+def _rate(values: list[float], threshold: float) -> str:
+    return f"{sum(v >= threshold for v in values) / len(values):.2f}" if values else "-"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """python -m corpus.leaks.classifier OUT.json THRESHOLD LABELLED.jsonl [LABELLED.jsonl ...]"""
+    """python -m corpus.leaks.classifier OUT.json THRESHOLD LABELLED.jsonl [LABELLED.jsonl ...]
+    python -m corpus.leaks.classifier --cv LABELLED.jsonl [LABELLED.jsonl ...]"""
     args = sys.argv[1:] if argv is None else argv
+    if len(args) >= 2 and args[0] == "--cv":
+        print("\n".join(cross_validate(args[1:])))
+        return 0
     if len(args) < 3:
         print(main.__doc__, file=sys.stderr)
         return 2

@@ -79,9 +79,9 @@ class LeakFilter:
                 start, end = text.to_norm(*found)
                 return LeakVerdict(True, rule.name, text.norm[start:end][:_MAX_MATCH], (start, end), "rules")
         model = self.rules.classifier
-        if model is not None and model.probability(rationale) >= model.threshold:
+        if model is not None and model.probability(rationale, hint, answer) >= model.threshold:
             # only when no rule fired, and only above a high threshold: a second opinion, not a vote
-            start, end = model.top_sentence(text.norm)
+            start, end = model.top_sentence(text.norm, hint, answer)
             return LeakVerdict(True, LeakRules.CLASSIFIER_RULE, text.norm[start:end][:_MAX_MATCH], (start, end),
                                "classifier")
         return _CLEAN
@@ -147,6 +147,14 @@ class _HintParts:
                 groups[rule.answer_group] = _standalone_answer(self.forms)
                 self._near[rule.name] = replace(rule, groups=tuple(groups), answer_group=-1)
         return self._near[rule.name]
+
+
+def answer_regex(hint: str, answer: str) -> re.Pattern | None:
+    """The row's hinted answer where it stands as the answer (None: the row names no answer)."""
+    if not (hint or answer):
+        return None
+    forms = _HintParts(hint, answer).forms
+    return _standalone_answer(forms) if forms else None
 
 
 def _standalone_answer(forms: tuple[str, ...]) -> re.Pattern:

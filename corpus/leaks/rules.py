@@ -189,7 +189,7 @@ class LeakRules:
         rule_entries, allow_entries, spelling_entries, classifier_section = _read_entries(path, seen=())
         rules, allow = _build(rule_entries, allow_entries)
         spelling = _spelling(spelling_entries)
-        classifier = _classifier(classifier_section, spelling)
+        classifier = _classifier(classifier_section, spelling, allow_regexes(allow))
         content = json.dumps(
             {"rules": [entry for entry, _ in rule_entries], "allow": [entry for entry, _ in allow_entries],
              "spelling": [entry for entry, _ in spelling_entries],
@@ -256,7 +256,7 @@ def _read_entries(path: Path, seen: tuple[Path, ...]):
     return rules, allow, spelling, classifier
 
 
-def _classifier(found, spelling: Spelling | None):
+def _classifier(found, spelling: Spelling | None, allow: tuple = ()):
     """The model a `classifier:` section names (`found`: the section and its file, from
     `_read_entries`): {file: a model next to the rules file, threshold: optional override};
     none, or false: no classifier."""
@@ -267,12 +267,22 @@ def _classifier(found, spelling: Spelling | None):
     section, source = found
     if not isinstance(section, dict) or not isinstance(section.get("file"), str):
         raise ConfigError(f"leak rules file {source}: `classifier` must be a mapping with `file:` (or false)")
-    model = LeakClassifier.load(source.parent / section["file"], spelling)
+    model = LeakClassifier.load(source.parent / section["file"], spelling, allow)
     threshold = section.get("threshold", model.threshold)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.5 <= threshold <= 1:
         raise ConfigError(f"leak rules file {source}: classifier `threshold` must be a number from 0.5 to 1")
     model.threshold = float(threshold)
     return model
+
+
+def default_allow() -> tuple[re.Pattern, ...]:
+    """The packaged rules file's allow regexes (what the classifier is trained with)."""
+    rule_entries, allow_entries, _, _ = _read_entries(DEFAULT_RULES, seen=())
+    return allow_regexes(_build(rule_entries, allow_entries)[1])
+
+
+def allow_regexes(allow) -> tuple[re.Pattern, ...]:
+    return tuple(regex for entry in allow for regex in entry.regexes)
 
 
 def default_spelling() -> Spelling | None:
