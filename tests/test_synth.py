@@ -245,4 +245,7 @@ def test_cli_writes_the_folder_and_names_a_bad_source(tmp_path):
     bad_format = runner.invoke(app, ["synth", "--patients", "5", "--out", str(tmp_path / "x"), "--format", "xlsx",
                                      "--like", str(DEMO), "--table-spec", str(TABLE_SPEC)])
     assert bad_format.exit_code == 1 and not (tmp_path / "x").exists()
+    no_patients = runner.invoke(app, ["synth", "--patients", "0", "--out", str(tmp_path / "y"),
+                                      "--like", str(DEMO), "--table-spec", str(TABLE_SPEC)])
+    assert no_patients.exit_code == 1 and not (tmp_path / "y").exists()
     shutil.rmtree(out)

@@ -45,12 +45,11 @@ from corpus.atomic import atomic_dir, write_json
 from corpus.config import DuckDBConfig
 from corpus.errors import ConfigError
 from corpus.logs import console
-from corpus.synth.fit import DICTIONARIES, SourceFit, fit_source
-from corpus.synth.generate import CHUNK_PATIENTS, ChunkGenerator, Offsets
+from corpus.synth.fit import DICTIONARIES, EVENT_TABLES, SourceFit, fit_source
+from corpus.synth.generate import CHUNK_PATIENTS, HADM_BASE, SUBJECT_BASE, ChunkGenerator, Offsets
 from corpus.synth.summary import fitted_rates
 from corpus.synth.write import FORMATS, TableWriter, empty_table
 
-EVENT_OUTPUTS = ("patients", "admissions", "diagnoses_icd", "procedures_icd", "prescriptions", "labevents", "icustays")
 
 
 def synthesize(
@@ -63,8 +62,9 @@ def synthesize(
 
 
 def _check_request(patients: int, fmt: str) -> None:
-    if patients < 1:
-        raise ConfigError(f"--patients {patients}: expected at least 1")
+    if not 1 <= patients <= HADM_BASE - SUBJECT_BASE:
+        # subject_ids count up from SUBJECT_BASE and must not reach the hadm_id range.
+        raise ConfigError(f"--patients {patients}: expected 1 to {HADM_BASE - SUBJECT_BASE:,}")
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
@@ -73,7 +73,7 @@ def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: st
     """Write `patients` synthetic patients drawn from `fit` under `out`; return what synth.json holds."""
     _check_request(patients, fmt)
     generator = ChunkGenerator(fit)
-    outputs = [t for t in EVENT_OUTPUTS if t in fit.present]
+    outputs = [t for t in EVENT_TABLES if t in fit.present]
     chunks = -(-patients // CHUNK_PATIENTS)
     rates = fitted_rates(generator)
     with atomic_dir(out) as staging:
@@ -83,6 +83,7 @@ def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: st
         with progress:
             bars = {t: progress.add_task(t, total=round(patients * rates["rows_per_patient"].get(t, 0)))
                     for t in outputs}
+
             def write(tables: dict) -> None:
                 for name, parts in tables.items():
                     for part in parts:
