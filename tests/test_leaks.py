@@ -259,6 +259,9 @@ def test_spelling_leaves_english_and_clinical_words_alone(rules):
     assert spelling.correct("instrucitons") == "instructions"  # one swap in a long word
     assert spelling.correct("hnt") == "hint"
     assert spelling.correct("qnswer") is None  # first letter differs
+    # the letters of a reference word in another order: a common typing slip, beyond one edit
+    assert spelling.correct("awnser") == "answer" and spelling.correct("onitpo") == "option"
+    assert spelling.correct("rustle") is None  # the letters of "result", but an English word
 
 
 def test_near_rule_window_and_sentence(leak_filter):

@@ -290,7 +290,7 @@ def default_spelling() -> Spelling | None:
     return _spelling(_read_entries(DEFAULT_RULES, seen=())[2])
 
 
-_SPELLING_INTS = ("max_edits", "long_word", "min_length", "known_word_min_count")
+_SPELLING_INTS = ("max_edits", "long_word", "min_length", "known_word_min_count", "scrambled_min_length")
 
 
 def _spelling(sections: list[tuple[dict, str]]) -> Spelling | None:

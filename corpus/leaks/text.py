@@ -11,7 +11,10 @@ Rationales are checked in two views:
   within the allowed edits of that word (optimal string alignment: a swap of
   two neighbouring letters is one edit), starts with the same letter, and is
   not itself an English word (pyspellchecker's frequency list): "hit",
-  "started" and "valve" stay what they are.
+  "started" and "valve" stay what they are. A token of at least
+  ``scrambled_min_length`` letters that has exactly a lexicon word's letters
+  in another order, first letter kept, is read as that word too ("awnser",
+  "anwesr": two swaps, beyond the edit budget, but a common way to mistype).
 
 Spans found in ``canon`` map back to ``norm`` (`Text.to_norm`).
 """
@@ -59,6 +62,7 @@ class Spelling:
     long_word: int = 8  # words of at least this many letters may be max_edits + 1 edits away
     min_length: int = 3
     known_word_min_count: int = 50  # a token this frequent in English is a word, not a misspelling
+    scrambled_min_length: int = 5  # 0: no scrambled-letter matches
 
     def correct(self, token: str) -> str | None:
         """The lexicon word `token` misspells, or None."""
@@ -86,6 +90,9 @@ def _correct(token: str, spelling: Spelling) -> str | None:
         distance = OSA.distance(token, word, score_cutoff=allowed)
         if distance <= allowed and (best_distance is None or (distance, word) < (best_distance, best)):
             best, best_distance = word, distance
+    if best is None and spelling.scrambled_min_length and len(token) >= spelling.scrambled_min_length:
+        letters = sorted(token)
+        best = min((word for word in spelling.words if word[0] == token[0] and sorted(word) == letters), default=None)
     return best
 
 
