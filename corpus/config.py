@@ -175,10 +175,34 @@ class OpenAIBackendConfig:
 
 
 @dataclass(frozen=True)
+class OpenVINOBackendConfig:
+    # Weights of the exported IR (export stage): fp32 | fp16 | int8 (weight-only, nncf).
+    weight_format: str = "fp32"
+    threads: int | None = None
+    # f32 keeps a sample independent of what it is batched with; the CPU plugin's own
+    # default on AMX machines (bf16, u8 KV cache) does not (corpus/generate/openvino_backend.py).
+    inference_precision: str = "f32"
+    kv_cache_precision: str = "f32"
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    cache_size_gb: int = 2  # KV blocks, allocated when the pipeline starts
+    # IR of models without an export stage (the evaluated round models), keyed by model identity.
+    export_cache: Path = Path(".cache/openvino")
+
+    def __post_init__(self) -> None:
+        from corpus.models.openvino_export import WEIGHT_FORMATS
+
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ConfigError(f"params.yaml sample.openvino.weight_format: expected one of "
+                              f"{', '.join(WEIGHT_FORMATS)}, found {self.weight_format!r}")
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     k: int = 4
     seed: int = 1234
-    backend: str = "transformers"
+    # auto: by CPU family, corpus/templates/backend_defaults.yaml (corpus/generate/auto_backend.py).
+    backend: str = "auto"
     temperature: float = 0.7
     top_p: float = 0.95
     max_new_tokens: int = 160
@@ -192,12 +216,14 @@ class SampleConfig:
     cache: Path = Path(".cache/generations.sqlite")
     transformers: TransformersBackendConfig = TransformersBackendConfig()
     openai: OpenAIBackendConfig = OpenAIBackendConfig()
+    openvino: OpenVINOBackendConfig = OpenVINOBackendConfig()
 
     def __post_init__(self) -> None:
         from corpus.generate.backends import BACKENDS
 
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"params.yaml sample.backend: expected one of {', '.join(BACKENDS)}, found {self.backend!r}")
+        if self.backend not in BACKENDS + ("auto",):
+            raise ConfigError(f"params.yaml sample.backend: expected auto or one of {', '.join(BACKENDS)}, "
+                              f"found {self.backend!r}")
         if self.k < 1:
             raise ConfigError(f"params.yaml sample.k: expected >= 1, found {self.k}")
         if not 0 <= self.shard < self.num_shards:
@@ -214,6 +240,8 @@ def sample_config(params: dict[str, Any]) -> SampleConfig:
         tasks=lambda v: None if v is None else tuple(v),
         transformers=nested(TransformersBackendConfig, "sample.transformers"),
         openai=nested(OpenAIBackendConfig, "sample.openai"),
+        openvino=lambda value: _build(OpenVINOBackendConfig, {"sample.openvino": value or {}}, "sample.openvino",
+                                      export_cache=Path),
     )
 
 

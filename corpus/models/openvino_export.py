@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 from corpus.atomic import atomic_dir
@@ -98,7 +99,10 @@ def _trace(model):
     in_names = ["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{i}.{p}" for i, p in kv_pairs]
     out_names = ["logits"] + [f"present.{i}.{p}" for i, p in kv_pairs]
     shapes = [ov.PartialShape([-1, -1])] * 3 + [ov.PartialShape([-1, kv_heads, -1, head_size])] * (2 * n_layers)
-    with torch.no_grad():
+    # The TracerWarnings are transformers' shape checks (cache length, mask padding), whose
+    # branch is the same for every input GenAI feeds (mask as long as past + new tokens).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         ov_model = ov.convert_model(_flat_cache_module(model, n_layers), example_input=example, input=shapes)
     for name, port in zip(in_names, ov_model.inputs):
         port.get_tensor().set_names({name})
