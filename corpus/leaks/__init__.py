@@ -17,16 +17,21 @@ format). In short:
   corrected (`corpus.leaks.text`); every rule and allow entry is matched
   against that text;
 * rule kinds: ``phrase`` and ``pattern`` (regexes), ``near`` (term groups
-  within a window of words, e.g. a reference noun near a givenness cue),
+  within a window of words, e.g. a reference noun near a givenness cue; a
+  group ``[{answer}]`` is the row's hinted answer, so the hint's content near
+  a cue is found anywhere: "Must be No. With that in mind, ..."),
   ``answer_cue`` (the row's hinted answer inside a pattern, e.g. "has to be
-  {answer}, so") and the built-in ``hint_quote``;
+  {answer}, so") and the built-in ``hint_quote``; the hinted answer's forms
+  include the option's range in other words ("three to six days", "5.5 or more");
 * a rule fires on its first match that does not lie wholly inside an allow
   span applying to it; the first rule in file order that fires is the
   verdict's ``rule``, with the matched text and its span;
 * when no rule fires, the learned second opinion (`corpus.leaks.classifier`,
-  char n-grams, trained on the development rows only, shipped as
-  corpus/templates/leak_classifier.json) drops the row only above a high
-  threshold; its verdicts have ``part="classifier"``, ``rule="learned_classifier"``.
+  char and word n-grams with the hinted answer and the allow spans read as
+  tokens, trained on the development rows only, threshold by leave-one-batch-out
+  cross-validation, shipped as corpus/templates/leak_classifier.json) drops the
+  row only above that threshold; its verdicts have ``part="classifier"``,
+  ``rule="learned_classifier"``.
 
 Usage::
 
