@@ -15,11 +15,12 @@ runs) or straight through the pipeline (`--ov-driver direct`: this file's
 IR exported by `corpus.models.openvino_export.export_openvino` into
 `--ov-ir-root` (once; the export is not timed).
 
-The inference precision that runs is OpenVINO's CPU default unless
-`--ov-precision` names others: on a CPU with AVX512-BF16 or AMX that default is
-bf16 (activations and the matrix products in bf16, fp32 or int8 weights
-converted), on an AVX2-only CPU f32. The precision, KV-cache precision and
-threads that ran are recorded with each figure.
+Precisions (`--ov-precision`, inference/KV cache): `f32/f32` is what the
+backend runs by default (there a sample is the same drawn alone or in a batch;
+corpus/generate/openvino_backend.py), `default` the CPU plugin's own: on a CPU
+with AVX512-BF16 or AMX bf16 inference (activations and products in bf16, the
+fp32 or int8 weights converted) with a u8 KV cache, on an AVX2-only CPU f32.
+The precisions and threads that ran are recorded with each figure.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ DEFAULT_IR_ROOT = Path("/tmp/corpus-openvino-ir")
 
 def add_arguments(parser) -> None:
     parser.add_argument("--ov-weights", default="fp32,int8",
-                        help="(c) OpenVINO weight formats to run, comma-separated (fp32, int8; 'none' skips (c))")
-    parser.add_argument("--ov-precision", default="default",
-                        help="(c) inference precisions, comma-separated: 'default' (the CPU plugin's own: bf16 "
-                             "where the CPU has it), f32, bf16")
-    parser.add_argument("--ov-driver", choices=["generator", "direct"], default="direct",
+                        help="(c) OpenVINO weight formats to run, comma-separated (fp32, int8; 'none' skips (c)); "
+                             "WEIGHTS/PRECISION (int8/default) runs that one precision")
+    parser.add_argument("--ov-precision", default="f32/f32,default",
+                        help="(c) precisions to run, comma-separated, each INFERENCE/KV_CACHE (f32/f32: the "
+                             "backend's default) or 'default' (the CPU plugin's own: bf16/u8 where the CPU has bf16)")
+    parser.add_argument("--ov-driver", choices=["generator", "direct"], default="generator",
                         help="(c) through the project's OpenVINOGenerator, or the pipeline straight")
     parser.add_argument("--ov-ir-root", type=Path, default=DEFAULT_IR_ROOT,
                         help="(c) where the exported IR folders are kept (exported once, not timed)")
@@ -55,7 +57,9 @@ def runs(args) -> list[tuple[str, str]]:
         return []
     weights = [w.strip() for w in args.ov_weights.split(",") if w.strip()]
     precisions = [p.strip() for p in args.ov_precision.split(",") if p.strip()]
-    return [(w, p) for w in weights for p in precisions]
+    # An entry "int8/default" runs that precision alone; a bare "int8" runs every --ov-precision.
+    return [tuple(w.split("/", 1)) if "/" in w else (w, p) for w in weights for p in ([None] if "/" in w
+                                                                                    else precisions)]
 
 
 def isa_cap() -> str:
@@ -80,19 +84,22 @@ def ensure_ir(model: Path, weight_format: str, root: Path) -> Path:
     return out
 
 
-def _properties(args, precision: str) -> dict:
-    threads = args.threads or os.cpu_count()
-    properties = {"INFERENCE_NUM_THREADS": threads}
+def precisions(precision: str) -> tuple[str, str]:
+    """(inference, KV cache) precisions of a `--ov-precision` entry, 'default' read from the CPU plugin."""
     if precision != "default":
-        properties["INFERENCE_PRECISION_HINT"] = precision
-    return properties
-
-
-def _cpu_defaults() -> dict:
+        inference, _, kv = precision.partition("/")
+        return inference, kv or inference
     import openvino as ov
 
     core = ov.Core()
-    return {name: core.get_property("CPU", name).to_string() for name in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")}
+    return tuple(core.get_property("CPU", name).to_string() for name in ("INFERENCE_PRECISION_HINT",
+                                                                            "KV_CACHE_PRECISION"))
+
+
+def _properties(args, precision: str) -> dict:
+    inference, kv = precisions(precision)
+    return {"INFERENCE_NUM_THREADS": args.threads or os.cpu_count(), "INFERENCE_PRECISION_HINT": inference,
+            "KV_CACHE_PRECISION": kv}
 
 
 def _count(ids: list[int], stops: frozenset[int], stopped: bool) -> int:
@@ -152,7 +159,8 @@ def run_direct(args, prompts: list[list[int]], seeds: list[list[int]], stops: fr
             "max_cache_usage": getattr(metrics, "max_cache_usage", None)}
 
 
-def run_generator(args, questions: list[dict], seeds: list[list[int]], ir: Path, precision: str) -> dict:
+def run_generator(args, questions: list[dict], seeds: list[list[int]], ir: Path, weights: str,
+                  precision: str) -> dict:
     """The project's backend, as the sample stage builds it (its own feed order and scheduler)."""
     from corpus.generate.backends import SampleRequest, SamplingConfig
     from corpus.generate.openvino_backend import OpenVINOGenerator
@@ -160,12 +168,12 @@ def run_generator(args, questions: list[dict], seeds: list[list[int]], ir: Path,
 
     template = sampling_template()
     sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
-    options = {"threads": args.threads or None, "max_num_batched_tokens": args.ov_max_batched_tokens}
-    if precision != "default":
-        options["inference_precision"] = precision
+    inference, kv = precisions(precision)
+    options = {"threads": args.threads or None, "max_num_batched_tokens": args.ov_max_batched_tokens,
+               "inference_precision": inference, "kv_cache_precision": kv}
     if args.ov_cache_gb:
         options["cache_size_gb"] = args.ov_cache_gb
-    generator = OpenVINOGenerator(ir, sampling, template.hash, **options)
+    generator = OpenVINOGenerator(args.model, sampling, template.hash, ir_dir=ir, weight_format=weights, **options)
     requests = [SampleRequest(f"{i}:{seed}", tuple(question_messages(q, template)), seed)
                 for i, q in enumerate(questions) for seed in seeds[i]]
     new_tokens, finish = 0, {}
@@ -180,25 +188,25 @@ def run_generator(args, questions: list[dict], seeds: list[list[int]], ir: Path,
 
 def run_worker(args, questions: list[dict], prompts: list[list[int]], seeds: list[list[int]],
                stops: frozenset[int]) -> dict:
-    """One (c) run in this process: args.worker_ov is 'weights/precision'."""
+    """One (c) run in this process: args.worker_ov is 'weights/precision' (precision: 'default' or 'f32/f32')."""
     import openvino
     import openvino_genai
 
-    weights, precision = args.worker_ov.split("/")
+    weights, precision = args.worker_ov.split("/", 1)
     ir = ensure_ir(args.model, weights, args.ov_ir_root)
     if args.ov_driver == "direct":
         result = run_direct(args, prompts, seeds, stops, ir, precision)
     else:
-        result = run_generator(args, questions, seeds, ir, precision)
-    defaults = _cpu_defaults()
+        result = run_generator(args, questions, seeds, ir, weights, precision)
+    inference, kv = precisions(precision)
 
     result.update({
         "method": "openvino genai ContinuousBatchingPipeline",
         "driver": args.ov_driver,
         "weights": weights,
-        "precision": defaults["INFERENCE_PRECISION_HINT"] if precision == "default" else precision,
+        "precision": inference,
         "precision_asked": precision,
-        "kv_cache_precision": defaults["KV_CACHE_PRECISION"],
+        "kv_cache_precision": kv,
         "threads": args.threads or os.cpu_count(),
         "max_num_batched_tokens": args.ov_max_batched_tokens,
         "openvino": openvino.__version__,
@@ -221,5 +229,5 @@ def report(results: list[dict], engine_rate: float, loop_rate: float) -> None:
               f"{run['tokens_per_s']:.1f} tokens/s  (peak RSS {run['peak_rss_gb']:.2f} GB{steps}); "
               f"finish {run['finish']}")
     for run in results:
-        print(f"ratio (c) {run['weights']}/{run['precision']} / (b) engine: {run['tokens_per_s'] / engine_rate:.2f}x;"
+        print(f"ratio (c) {run['weights']} {run['precision']}/{run['kv_cache_precision']} / (b) engine: {run['tokens_per_s'] / engine_rate:.2f}x;"
               f" / (a) float32 loop: {run['tokens_per_s'] / loop_rate:.1f}x")
