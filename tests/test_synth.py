@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -239,6 +238,7 @@ def test_cli_writes_the_folder_and_names_a_bad_source(tmp_path):
     written = json.loads((out / "synth.json").read_text())
     assert (written["patients"], written["seed"], written["format"]) == (50, 3, "csv.gz")
     assert (out / "hosp" / "admissions.csv.gz").is_file() and (out / "icu" / "icustays.csv.gz").is_file()
+    assert "wrote" in done.output and "labevents" in done.output
     missing = runner.invoke(app, ["synth", "--patients", "5", "--out", str(tmp_path / "none"),
                                   "--like", str(tmp_path / "nowhere"), "--table-spec", str(TABLE_SPEC)])
     assert missing.exit_code == 1 and not (tmp_path / "none").exists()
@@ -248,4 +248,14 @@ def test_cli_writes_the_folder_and_names_a_bad_source(tmp_path):
     no_patients = runner.invoke(app, ["synth", "--patients", "0", "--out", str(tmp_path / "y"),
                                       "--like", str(DEMO), "--table-spec", str(TABLE_SPEC)])
     assert no_patients.exit_code == 1 and not (tmp_path / "y").exists()
-    shutil.rmtree(out)
+    # A folder that is not an earlier synth output is never replaced; an earlier output is.
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    refused = runner.invoke(app, ["synth", "--patients", "5", "--out", str(tmp_path / "keep"),
+                                  "--like", str(DEMO), "--table-spec", str(TABLE_SPEC)])
+    assert refused.exit_code == 1 and (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+    again = runner.invoke(app, ["synth", "--patients", "7", "--seed", "3", "--out", str(out), "--format", "parquet",
+                                "--like", str(DEMO), "--table-spec", str(TABLE_SPEC)])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "synth.json").read_text())["patients"] == 7
+    assert not (out / "hosp" / "admissions.csv.gz").exists() and (out / "hosp" / "admissions.parquet").is_file()

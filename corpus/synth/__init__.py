@@ -72,6 +72,11 @@ def _check_request(patients: int, fmt: str) -> None:
 def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: str, show_progress: bool = True) -> dict:
     """Write `patients` synthetic patients drawn from `fit` under `out`; return what synth.json holds."""
     _check_request(patients, fmt)
+    out = Path(out)
+    # --out is replaced whole: never a folder that holds something other than an earlier synth output.
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "synth.json").is_file())):
+        raise ConfigError(f"--out {out}: exists and is not a corpus synth output (no synth.json); "
+                          "refusing to replace it")
     generator = ChunkGenerator(fit)
     outputs = [t for t in EVENT_TABLES if t in fit.present]
     chunks = -(-patients // CHUNK_PATIENTS)
