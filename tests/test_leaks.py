@@ -357,19 +357,19 @@ def test_classifier_never_trains_on_held_out_rows(tmp_path):
 def test_out_of_fold_scores_each_batch_with_a_model_not_fitted_on_it(rules):
     """Cross-validation by batch: a row's out-of-fold probability comes from the model fitted on the
     other batches only (and so differs from the model fitted on every row)."""
-    from corpus.leaks.classifier import FORMAT, LeakClassifier, batch, fit, out_of_fold
+    from corpus.leaks.classifier import FORMAT, PARAMS, LeakClassifier, batch, fit, out_of_fold
 
     rows = [row for row in _development() if batch(row) in {"B", "F"}][::2]
     hints = [(row["hint"], row["answer"]) for row in rows]
     oof = out_of_fold(rows, rules.spelling, rules.classifier.allow)
     others = [(row, h) for row, h in zip(rows, hints) if batch(row) == "B"]
     held = [(row, h) for row, h in zip(rows, hints) if batch(row) == "F"]
-    model = LeakClassifier({"format": FORMAT, "threshold": 1.0, **fit(
+    model = LeakClassifier({"format": FORMAT, "threshold": 1.0, "params": PARAMS, **fit(
         [row["rationale"] for row, _ in others], [row["leak"] for row, _ in others], rules.spelling,
         [h for _, h in others], rules.classifier.allow)}, "", "", rules.spelling, rules.classifier.allow)
     expected = model.probabilities([row["rationale"] for row, _ in held], [h for _, h in held])
     assert [p for row, p in zip(rows, oof) if batch(row) == "F"] == pytest.approx(expected)
-    everything = LeakClassifier({"format": FORMAT, "threshold": 1.0, **fit(
+    everything = LeakClassifier({"format": FORMAT, "threshold": 1.0, "params": PARAMS, **fit(
         [row["rationale"] for row in rows], [row["leak"] for row in rows], rules.spelling, hints,
         rules.classifier.allow)}, "", "", rules.spelling, rules.classifier.allow)
     assert everything.probabilities([row["rationale"] for row, _ in held], [h for _, h in held]) != pytest.approx(expected)

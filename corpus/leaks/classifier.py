@@ -100,7 +100,8 @@ def out_of_fold(rows: list[dict], spelling, allow=()) -> list[float]:
     probabilities = [0.0] * len(rows)
     for held in sorted({batch(row) for row in rows}):
         train_rows = [row for row in rows if batch(row) != held]
-        model = LeakClassifier({"format": FORMAT, "threshold": 1.0, **fit(
+        # "params" as a shipped file has them: they tell the model to read the answer and allow tokens
+        model = LeakClassifier({"format": FORMAT, "threshold": 1.0, "params": PARAMS, **fit(
             [row["rationale"] for row in train_rows], [row["leak"] for row in train_rows], spelling,
             [_hint(row) for row in train_rows], allow)}, "", "", spelling, allow)
         indices = [i for i, row in enumerate(rows) if batch(row) == held]
