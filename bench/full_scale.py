@@ -50,7 +50,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=_sizes, default=[10_000, 100_000, 300_000], help="patients per run")
     parser.add_argument("--peer-sizes", type=_sizes, default=[10_000, 100_000],
                         help="sizes PyHealth runs at too (a subset of --sizes)")
-    parser.add_argument("--no-peer", action="store_true", help="skip PyHealth")
+    parser.add_argument("--no-peer", action="store_true", help="skip PyHealth and our run on its tables")
+    parser.add_argument("--only", choices=("ours", "pyhealth"), default=None,
+                        help="at the peer sizes, run only our stages (both runs) or only PyHealth; "
+                             "--merge joins such runs' JSON files")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="no runs: join the sizes of these --json files (later files win per size and part), "
+                             "print the table, write --json")
     parser.add_argument("--peer-cap-s", type=float, default=900.0, help="PyHealth's time cap per size, seconds")
     parser.add_argument("--peer-workers", type=int, default=1,
                         help="PyHealth num_workers (1: in-process; 2 spawns workers that re-import PyHealth "
@@ -70,6 +76,8 @@ def main() -> None:
                         help="synthetic tables (kept between runs), work folders and logs")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
+    if args.merge:
+        return _merge(args.merge, args.json)
     if args.source is not None and len(args.sizes) != 1:
         parser.error("--source takes exactly one --sizes value (the folder's patient count)")
     if not args.no_peer and args.format != "csv.gz":
@@ -92,11 +100,14 @@ def main() -> None:
                 cached = source / ".bench-synth.json"
                 entry["synth"] = {**json.loads(cached.read_text()), "cached": True} if cached.exists() else None
         entry["source"] = str(source)
-        entry["ours"] = run_stages(source, args.scratch / "work" / str(size), args.recipe, logs, f"n={size}")
-        if not args.no_peer and size in args.peer_sizes:
+        peer_size = not args.no_peer and size in args.peer_sizes
+        if args.only != "pyhealth":
+            entry["ours"] = run_stages(source, args.scratch / "work" / str(size), args.recipe, logs, f"n={size}")
+        if peer_size and args.only != "pyhealth":
             # The ratio compares the same input: our stages again on only the tables PyHealth reads.
             entry["ours_peer_tables"] = run_stages(peer_tables(source), args.scratch / "work" / f"{size}-peer-tables",
                                                    args.recipe, logs, f"n={size} (PyHealth's tables)")
+        if peer_size and args.only != "ours":
             entry["pyhealth"] = run_peer(source, args.scratch / "pyhealth-cache" / str(size), args.pyhealth_venv,
                                          args.peer_cap_s, logs, f"n={size}", workers=args.peer_workers,
                                          mem_cap_gb=args.peer_mem_cap_gb)
@@ -104,11 +115,34 @@ def main() -> None:
         if args.json:  # after every size: a long run that dies keeps what it measured
             _write(args.json, results)
     results["loadavg_end"] = loadavg()
-    lines = report_lines(results)
+    if args.only == "pyhealth":  # no table without our side: --merge it with the run that has it
+        lines = [json.dumps({size: entry.get("pyhealth") for size, entry in results["sizes"].items()}, indent=1)]
+    else:
+        lines = report_lines(results)
     results["table"] = lines
     print("\n".join(lines))
     if args.json:
         _write(args.json, results)
+
+
+def _merge(paths: list[Path], out: Path | None) -> None:
+    """One results dict from several runs (e.g. sizes run apart to fit a deadline)."""
+    merged: dict = {}
+    for path in paths:
+        part = json.loads(path.read_text())
+        for key, value in part.items():
+            if key == "sizes":
+                for size, entry in value.items():
+                    merged.setdefault("sizes", {}).setdefault(size, {}).update(entry)
+            elif key == "loadavg_start":
+                merged.setdefault(key, value)
+            else:
+                merged[key] = value
+    merged["merged_from"] = [str(p) for p in paths]
+    merged["table"] = report_lines(merged)
+    print("\n".join(merged["table"]))
+    if out:
+        _write(out, merged)
 
 
 def _write(path: Path, results: dict) -> None:

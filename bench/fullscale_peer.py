@@ -33,6 +33,8 @@ def run_peer(source: Path, cache: Path, venv: Path, cap_s: float, log_dir: Path,
     measured = run_measured([str(python), str(PEER / "run_tasks.py"), str(source.resolve()), str(cache),
                              "--workers", str(workers)], cwd=HERE, cap_s=cap_s,
                             log_path=log_dir / f"{label}-pyhealth.log", mem_cap_gb=mem_cap_gb)
+    # PyHealth logs its progress to stdout: kept, so that a capped run shows how far it got.
+    (log_dir / f"{label}-pyhealth.stdout").write_text(measured.stdout)
     figures = measured.as_json()
     if figures["mem_capped"]:
         figures["status"] = f"stopped at {mem_cap_gb:g} GB after {measured.wall_s:.0f} s"

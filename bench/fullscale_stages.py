@@ -46,6 +46,11 @@ def child_env() -> dict:
     return env
 
 
+def _fresh(folder: Path, seconds: float = 300) -> bool:
+    files = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return bool(files) and time.time() - max(files) < seconds
+
+
 def synth_tables(patients: int, seed: int, fmt: str, scratch: Path, log_dir: Path) -> tuple[Path, dict | None]:
     """scratch/synth/n<patients>-s<seed>-<fmt>: made once (into a .partial folder, renamed when done).
 
@@ -54,8 +59,9 @@ def synth_tables(patients: int, seed: int, fmt: str, scratch: Path, log_dir: Pat
     partial = out.with_name(out.name + ".partial")
     # Another run (an earlier benchmark started apart, say) may be writing these tables:
     # corpus synth writes into a hidden .tmp folder, renamed when done. Wait for it.
-    while not (out / "hosp").is_dir() and (list(out.parent.glob(f".{partial.name}*.tmp"))
-                                          or (partial.is_dir() and time.time() - partial.stat().st_mtime < 60)):
+    # (A .partial folder with fresh files is one that other run is about to rename; an old one
+    # is left from a run that died, and is made again.)
+    while not (out / "hosp").is_dir() and (list(out.parent.glob(f".{partial.name}*.tmp")) or _fresh(partial)):
         time.sleep(10)
     if (out / "hosp").is_dir():
         return out, None
