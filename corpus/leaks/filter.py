@@ -191,7 +191,7 @@ def _answer_forms(label: str | None, answer: str) -> tuple[str, ...]:
 
 
 _RANGE_WORDS = frozenset("to or and more less than below above under over at least most between from up".split())
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")  # "-4.0" of a base excess band too
 _NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty").split()
 
@@ -206,7 +206,7 @@ def _range_forms(option: str) -> set[str]:
         return set()
     found = set()
     for tokens in (core, words):
-        for variant in (tokens, [re.sub(r"^(\d+)\.0$", r"\1", w) for w in tokens]):
+        for variant in (tokens, [re.sub(r"^(-?\d+)\.0$", r"\1", w) for w in tokens]):
             spelled = [_NUMBER_WORDS[int(w)] if w.isdigit() and int(w) < len(_NUMBER_WORDS) else w for w in variant]
             for form in (variant, spelled):
                 if len(form) >= 2:
