@@ -183,8 +183,13 @@ def generate(pool: ServerPool, model: str, sampling, requests, missing, concurre
     chunk = workers * 4
 
     def complete(request):
-        return parse_reply(pool.post(request.key, "/chat/completions", chat_body(model, request.messages, sampling,
-                                                                                   request.seed)))
+        payload = pool.post(request.key, "/chat/completions", chat_body(model, request.messages, sampling,
+                                                                        request.seed))
+        try:
+            return parse_reply(payload)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            # Not an OpenAI chat completion: nothing to cache, and no server should be trusted with a retry.
+            raise GenerationError(f"request {request.key}: not a chat completion: {str(payload)[:300]}") from None
 
     with ThreadPoolExecutor(max_workers=workers) as executor:
         for start in range(0, len(todo), chunk):
