@@ -146,3 +146,32 @@ def test_stage_killed_and_resumed_gives_the_same_bytes_and_a_rerun_reuses_the_ca
     _finish(_stage(killed))  # a re-run: everything from the content cache
     assert _stats(killed)["generation"]["generated"] == 0
     assert file_sha256(killed / samples) == file_sha256(whole / samples)
+
+
+def test_export_stage_writes_the_ir_or_says_why_not(tmp_path, tiny_ir, monkeypatch):
+    import sys
+
+    from tests.conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "stages"))
+    sys.modules.pop("export_openvino", None)
+    from export_openvino import run_export
+
+    model, ir, _ = tiny_ir
+    before = {p.name: file_sha256(p) for p in ir.iterdir()}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["rounds"] = {"1": {"generator": str(model)}}
+    path = tmp_path / "params.yaml"
+    # openvino: the IR again, byte for byte (so the DVC out, and the sample stage, stay put).
+    params["sample"]["backend"] = "openvino"
+    path.write_text(yaml.safe_dump(params))
+    assert run_export(1, path)["source_identity"] == model_identity(model)
+    assert {p.name: file_sha256(p) for p in ir.iterdir()} == before
+    # Another backend: only the reason, and the backend refuses the folder saying so.
+    params["sample"]["backend"] = "transformers"
+    path.write_text(yaml.safe_dump(params))
+    assert run_export(1, path)["exported"] is False
+    assert [p.name for p in ir.iterdir()] == ["export.json"]
+    with pytest.raises(ConfigError, match="resolves to transformers"):
+        checked_export(model, ir, "fp32")
+    export_openvino(model, ir)  # the module's IR back, for any test after this one

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -156,6 +157,27 @@ def _compress(ov_model, weight_format: str):
     return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
+# OpenVINO names unnamed nodes <Type>_<process-wide counter>: a second export in the same
+# process would write other names, so other bytes, for the same graph.
+_COUNTER_NAME = re.compile(r"[A-Za-z0-9]+_\d+(\.\d+)?")
+
+
+def _stable_names(ov_model, name: str):
+    """Counter-numbered node (and their tensor) names -> numbered by position in the graph."""
+    ov_model.set_friendly_name(name)
+    for index, op in enumerate(ov_model.get_ordered_ops()):
+        old = op.get_friendly_name()
+        if not _COUNTER_NAME.fullmatch(old):
+            continue
+        new = f"{op.get_type_name()}_{index}"
+        op.set_friendly_name(new)
+        for output in op.outputs():
+            names = output.get_names()
+            if old in names:
+                output.get_tensor().set_names((set(names) - {old}) | {new})
+    return ov_model
+
+
 def _versions(weight_format: str) -> dict:
     dists = list(_RUNTIME_DISTS) + (["nncf"] if weight_format == "int8" else [])
     return {dist: importlib.metadata.version(dist) for dist in dists}
@@ -193,9 +215,10 @@ def export_openvino(model_dir: Path, out_dir: Path, weight_format: str = "fp32")
         "kv_layers": len(kv_inputs) // 2,
     }
     with atomic_dir(out_dir) as staging:
-        ov.save_model(ov_model, staging / "openvino_model.xml", compress_to_fp16=weight_format == "fp16")
-        ov.save_model(ov_tokenizer, staging / "openvino_tokenizer.xml")
-        ov.save_model(ov_detokenizer, staging / "openvino_detokenizer.xml")
+        ov.save_model(_stable_names(ov_model, "model"), staging / "openvino_model.xml",
+                      compress_to_fp16=weight_format == "fp16")
+        ov.save_model(_stable_names(ov_tokenizer, "tokenizer"), staging / "openvino_tokenizer.xml")
+        ov.save_model(_stable_names(ov_detokenizer, "detokenizer"), staging / "openvino_detokenizer.xml")
         for name in _HF_FILES:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, staging / name)
