@@ -51,8 +51,9 @@ def main() -> None:
     parser.add_argument("--peer-sizes", type=_sizes, default=[10_000, 100_000],
                         help="sizes PyHealth runs at too (a subset of --sizes)")
     parser.add_argument("--no-peer", action="store_true", help="skip PyHealth and our run on its tables")
-    parser.add_argument("--only", choices=("ours", "pyhealth"), default=None,
-                        help="at the peer sizes, run only our stages (both runs) or only PyHealth; "
+    parser.add_argument("--only", choices=("ours", "pyhealth", "peer-tables"), default=None,
+                        help="run only our stages (both runs at the peer sizes), only PyHealth, or only our "
+                             "stages on PyHealth's tables (at every size); "
                              "--merge joins such runs' JSON files")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="no runs: join the sizes of these --json files (later files win per size and part), "
@@ -101,13 +102,13 @@ def main() -> None:
                 entry["synth"] = {**json.loads(cached.read_text()), "cached": True} if cached.exists() else None
         entry["source"] = str(source)
         peer_size = not args.no_peer and size in args.peer_sizes
-        if args.only != "pyhealth":
+        if args.only not in ("pyhealth", "peer-tables"):
             entry["ours"] = run_stages(source, args.scratch / "work" / str(size), args.recipe, logs, f"n={size}")
-        if peer_size and args.only != "pyhealth":
+        if (peer_size and args.only != "pyhealth") or args.only == "peer-tables":
             # The ratio compares the same input: our stages again on only the tables PyHealth reads.
             entry["ours_peer_tables"] = run_stages(peer_tables(source), args.scratch / "work" / f"{size}-peer-tables",
                                                    args.recipe, logs, f"n={size} (PyHealth's tables)")
-        if peer_size and args.only != "ours":
+        if peer_size and args.only not in ("ours", "peer-tables"):
             entry["pyhealth"] = run_peer(source, args.scratch / "pyhealth-cache" / str(size), args.pyhealth_venv,
                                          args.peer_cap_s, logs, f"n={size}", workers=args.peer_workers,
                                          mem_cap_gb=args.peer_mem_cap_gb)
