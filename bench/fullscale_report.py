@@ -94,8 +94,8 @@ def report_lines(results: dict) -> list[str]:
     lines.append("")
     for key, what in (("ours", "every table"), ("ours_peer_tables", "PyHealth's tables")):
         parts = [f"{int(size):,}: " + ", ".join(
-            f"{s} {results['sizes'][size][key][s]['rows_per_s']:,.0f} ({results['sizes'][size][key][s]['input_rows']:,} rows)"
-            for s in STAGES) for size in sizes if key in results["sizes"][size]]
+            f"{s} {run[s]['rows_per_s']:,.0f} ({run[s]['input_rows']:,} rows)" for s in STAGES)
+            for size, run in ((size, results["sizes"][size].get(key)) for size in sizes) if run]
         if parts:
             lines.append(f"input rows/s ({what}): " + "; ".join(parts))
     growth = _growth(results, sizes)

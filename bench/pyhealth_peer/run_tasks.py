@@ -88,7 +88,8 @@ def main() -> None:
         mark = time.perf_counter()
         samples[name] = len(dataset.set_task(task, num_workers=args.workers))
         phases[f"task_{name}"] = time.perf_counter() - mark
-        print(f"pyhealth {name}: {samples[name]} samples in {phases[f'task_{name}']:.1f} s", file=sys.stderr, flush=True)
+        print(f"pyhealth {name}: {samples[name]} samples in {phases[f'task_{name}']:.1f} s", file=sys.stderr,
+              flush=True)
     phases["total"] = time.perf_counter() - start
     print(json.dumps({"patients": patients, "samples": samples, "phases_s": phases,
                       "dropped_config_columns": dropped}, sort_keys=True))
