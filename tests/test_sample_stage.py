@@ -43,7 +43,10 @@ def _workdir(root: Path, model: Path, questions: Path, **sample) -> Path:
     os.symlink(questions, root / "data" / "questions")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["rounds"] = {"1": {"generator": str(model)}}
-    params["sample"].update({"limit": QUESTIONS, "k": K, "max_new_tokens": 48, "temperature": 1.0, **sample})
+    # The transformers engine on every CPU: `auto` would pick openvino on an AVX2-only host
+    # (tests/test_openvino.py covers that backend's stage runs).
+    params["sample"].update({"limit": QUESTIONS, "k": K, "max_new_tokens": 48, "temperature": 1.0,
+                             "backend": "transformers", **sample})
     # One question per batch (many flushes); one thread: a tiny model gains nothing from two.
     params["sample"]["transformers"].update({"max_rows": K, "threads": 1})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
