@@ -36,7 +36,8 @@ repro: install
 	$(BIN)/dvc repro
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	# Three workers on two cores: much of the suite waits on stage subprocesses' imports.
+	$(BIN)/python -m pytest -q -n 3 tests
 
 bench: install
 	$(BIN)/python bench/run_all.py
