@@ -12,17 +12,22 @@ from corpus.generate.sampling import sample_questions
 from tests.openai_server import ModelServer
 from tests.tiny_model import build_tiny_model
 
-QUESTIONS = [
-    {
-        "id": f"{i:016x}",
-        "task": "mortality",
-        "context": f"Visit 0:\nConditions:\n1. Sepsis\n2. Acute kidney failure\nMedications:\n1. Heparin {i}",
-        "question": "Will the patient die in hospital during their next admission? Answer Yes or No.",
-        "options": ["Yes", "No"],
-        "answer": "No" if i % 2 else "Yes",
-    }
-    for i in range(3)
-]
+def mortality_questions(n: int) -> list[dict]:
+    """n small mortality questions with distinct records (and so distinct prompts)."""
+    return [
+        {
+            "id": f"{i:016x}",
+            "task": "mortality",
+            "context": f"Visit 0:\nConditions:\n1. Sepsis\n2. Acute kidney failure\nMedications:\n1. Heparin {i}",
+            "question": "Will the patient die in hospital during their next admission? Answer Yes or No.",
+            "options": ["Yes", "No"],
+            "answer": "No" if i % 2 else "Yes",
+        }
+        for i in range(n)
+    ]
+
+
+QUESTIONS = mortality_questions(3)
 
 
 @pytest.fixture(scope="module")

@@ -22,20 +22,11 @@ from corpus.generate.openai_pool import GenerationError
 from corpus.generate.prompts import sampling_template
 from corpus.generate.sampling import sample_questions
 from tests.conftest import REPO
+from tests.test_generate_openai import mortality_questions
 from tests.tiny_model import build_tiny_model
 
 K = 3
-QUESTIONS = [
-    {
-        "id": f"{i:016x}",
-        "task": "mortality",
-        "context": f"Visit 0:\nConditions:\n1. Sepsis\n2. Acute kidney failure\nMedications:\n1. Heparin {i}",
-        "question": "Will the patient die in hospital during their next admission? Answer Yes or No.",
-        "options": ["Yes", "No"],
-        "answer": "No" if i % 2 else "Yes",
-    }
-    for i in range(8)
-]
+QUESTIONS = mortality_questions(8)
 TOTAL = len(QUESTIONS) * K
 
 

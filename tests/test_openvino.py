@@ -110,14 +110,11 @@ def test_auto_reads_its_table_and_rejects_a_bad_one(tmp_path):
 @requires_demo
 def test_stage_killed_and_resumed_reuses_the_cache_and_gives_the_same_bytes(tmp_path, tiny_ir,
                                                                                    demo_cohorts):
-    import signal
-    import time
-
     from corpus.config import CohortConfig
     from corpus.questions.mimic import MIMIC_TASKS, build_mimic_questions
     from corpus.questions.question_sets import publish_question_sets
     from corpus.questions.sampling import SamplingPolicy
-    from tests.test_sample_stage import QUESTIONS as N, K, _cached, _finish, _stage, _stats, _workdir
+    from tests.test_sample_stage import QUESTIONS as N, K, _finish, _kill_once_cached, _stage, _stats, _workdir
 
     model, _, _ = tiny_ir
     policies = {t: SamplingPolicy() for t in MIMIC_TASKS}
@@ -131,13 +128,7 @@ def test_stage_killed_and_resumed_reuses_the_cache_and_gives_the_same_bytes(tmp_
     assert _stats(whole)["generator"]["backend"] == "openvino"
 
     killed = _workdir(tmp_path / "killed", model, tmp_path / "questions", **settings)
-    process = _stage(killed)
-    deadline = time.monotonic() + 300
-    while _cached(killed) == 0 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done = _cached(killed)
+    done = _kill_once_cached(killed)
     assert 0 < done < total, "the kill should land part-way"
     _finish(_stage(killed))
     # The re-run takes what the killed run flushed from the content cache, and draws only the rest.

@@ -59,6 +59,17 @@ def _stage(workdir: Path, env: dict | None = None) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _kill_once_cached(workdir: Path, poll_s: float = 0.005) -> int:
+    """Start the stage, SIGKILL it as soon as its first batch is in the cache; the samples cached then."""
+    process = _stage(workdir)
+    deadline = time.monotonic() + 300
+    while _cached(workdir) == 0 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return _cached(workdir)
+
+
 def _finish(process: subprocess.Popen) -> None:
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
@@ -101,13 +112,7 @@ def test_killed_run_resumes_to_the_same_bytes(tmp_path, model_and_questions):
     assert plotted[0] == "task,accuracy,samples" and len(plotted) == 1 + len(details["by_task"])
 
     killed = _workdir(tmp_path / "killed", model, questions)
-    process = _stage(killed)
-    deadline = time.monotonic() + 300
-    while _cached(killed) == 0 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before_kill = _cached(killed)
+    done_before_kill = _kill_once_cached(killed)
     assert 0 < done_before_kill < total, "the kill should land part-way"
     assert not (killed / "data/rounds/1/samples.parquet").exists()  # no half-written artifact
 
