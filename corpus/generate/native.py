@@ -27,6 +27,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from corpus.cpu import cpuinfo_field
+
 __all__ = ["DecodeKernels", "decode_attention", "kernel_status", "ENV_SWITCH"]
 
 ENV_SWITCH = "CORPUS_NATIVE_ATTENTION"
@@ -39,22 +41,12 @@ def _cache_root() -> Path:
     return Path(base) / "remedi-corpus" / "kernels"
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _build(compiler: str) -> Path:
     """The compiled library for this source, compiler and CPU: built once, atomically
     (a temporary file renamed into place), so concurrent first uses are safe."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, " ".join(_FLAGS), platform.machine(),
-                                    _cpu_flags()]).encode()).hexdigest()[:16]
+                                    cpuinfo_field("flags") or platform.processor()]).encode()).hexdigest()[:16]
     target = _cache_root() / f"decode_attention-{key}.so"
     if target.exists():
         return target
