@@ -156,3 +156,53 @@ def test_duplicate_ids_are_caught(tmp_path, demo_questions):
     assert frame["id"].n_unique() == frame.height
     with pytest.raises(ValidationError, match="expect_column_values_to_be_unique"):
         publish_question_sets([*demo_questions, demo_questions[0]], NATURAL, (0.8, 0.1, 0.1), 13, tmp_path / "q")
+
+
+# The label-word expectation, as it was first written (one Python pattern per word, \b and \d):
+# the suite now holds one RE2-compatible alternation (see its "how"), which must flag exactly
+# the texts these flag, non-ASCII neighbours included. One difference, on the safe side: a
+# non-ASCII letter glued to a label word ("µdied") is a boundary for it, not for \b.
+LABEL_WORDS_REFERENCE = [
+    r"(?i)\bexpired\b", r"(?i)\bdied\b", r"(?i)\bdeath\b", r"(?i)\bdeceased\b", r"(?i)\bmortality\b",
+    r"(?i)\breadmi(?:tted|ssion)\b", r"(?i)\blength of stay\b", r"(?i)\bdischarged?\b",
+    r"(?i)\b\d+(?:\.\d+)? days?\b", r"(?i)\bLOS\b", r"(?i)hospital_expire_flag", r"(?i)\bdischtime\b",
+    r"(?i)\badmittime\b",
+]
+LABEL_WORD_TEXTS = [
+    "Expired", "the patient died.", "Death\nnoted", "x deceased", "(mortality)", "Readmitted twice", "READMISSION",
+    "length of stay: long", "discharge summary", "was discharged", "stayed 3 days", "for 2.5 day", "LOS=4",
+    "a hospital_expire_flag", "dischtime", "the admittime,", "µ died", "°death°", "Sepsis → expired",
+    "ends with mortality", "5 days", "los angeles",  # (?i)LOS: case-blind, as it was
+    # clean: the words inside longer words, or not at a boundary
+    "deathly pale", "diedre", "undeceasedly", "readmit", "lengthy stay", "dischargeable", "3 daysx", "x3 days",
+    "slos", "glossary", "admittimes", "immortality", "predischarge", "Sepsis → fine",
+    "Heparin 5000 units", "",
+]
+
+
+def test_label_word_pattern_flags_what_the_per_word_patterns_flag():
+    import json
+
+    import pandas as pd
+
+    from corpus.validate import SCHEMAS
+
+    suite = json.loads((SCHEMAS / "questions.suite.json").read_text())
+    [pattern] = next(e for e in suite["expectations"] if "regex_list" in e["kwargs"])["kwargs"]["regex_list"]
+    # Through pandas' str.contains on its default string dtype: the call GX's pandas engine makes.
+    texts = pd.Series(LABEL_WORD_TEXTS).astype(str)
+    flagged = texts.str.contains(pattern).tolist()
+    reference = [any(pd.Series([t]).astype(object).str.contains(p).iloc[0] for p in LABEL_WORDS_REFERENCE)
+                 for t in LABEL_WORD_TEXTS]
+    assert flagged == reference
+    assert sum(flagged) == 22 and not any(flagged[22:])
+    assert texts.str.contains(pattern).tolist() == flagged and pd.Series(["µdied"]).str.contains(pattern).iloc[0]
+
+
+def test_label_word_after_non_ascii_text_stops_publication(tmp_path, demo_questions):
+    bad = dict(demo_questions[0])
+    bad["context"] = bad["context"] + "\nTemp 38.9 °C; died"
+    bad["id"] = "e" * 16
+    with pytest.raises(ValidationError) as error:
+        publish_question_sets([*demo_questions, bad], NATURAL, (0.8, 0.1, 0.1), 13, tmp_path / "q")
+    assert "expect_column_values_to_not_match_regex_list" in str(error.value) and "e" * 16 in str(error.value)
