@@ -177,6 +177,32 @@ def matches_lock(layout: Layout, path: str, entries: dict[str, dict]) -> bool | 
     return set(present) == set(manifest) and all(file_md5(present[k]) == v for k, v in manifest.items())
 
 
+# The files a round leaves under data/rounds/<r>/ that a version is made of.
+ROUND_ARTIFACTS = ("samples.parquet", "regenerated.parquet", "sft.jsonl", "dpo.jsonl")
+
+
+def round_artifact_paths(rounds: list[int]) -> list[str]:
+    return [f"data/rounds/{round_}/{name}" for round_ in rounds for name in ROUND_ARTIFACTS]
+
+
+def artifact_records(layout: Layout, paths: list[str], *, present_only: bool = False) -> list[dict]:
+    """{path, md5, stage, matches_lock} per path, as dvc.lock recorded it.
+
+    matches_lock: the work tree still holds what dvc.lock hashed (None: no lock entry, a
+    folder DVC did not cache, or a source outside the repository, which DVC does not own).
+    present_only keeps only the paths dvc.lock knows or the work tree holds.
+    """
+    entries = lock_entries(layout)
+    records = []
+    for path in paths:
+        entry = entries.get(path) or {}
+        if present_only and not entry and not layout.resolve(path).exists():
+            continue
+        records.append({"path": path, "md5": entry.get("md5"), "stage": entry.get("stage"),
+                        "matches_lock": None if path.startswith("..") else matches_lock(layout, path, entries)})
+    return records
+
+
 def git_revision(root: Path) -> dict:
     """{commit, dirty} of the repository holding `root` ({commit: None} outside git)."""
     try:

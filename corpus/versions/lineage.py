@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from corpus.errors import CorpusError, SourceError
-from corpus.versions.layout import Layout, file_md5, lock_entries, matches_lock
+from corpus.versions.layout import Layout, artifact_records, file_md5, lock_entries, round_artifact_paths
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 PAIR_SCHEMAS = {
@@ -265,15 +265,10 @@ def source_chain(layout: Layout, task: str, subject_id: int | None) -> dict:
 
 
 def _artifacts(layout: Layout, task: str, rounds: list[int]) -> list[dict]:
-    entries = lock_entries(layout)
     paths = ["data/questions", "data/warehouse/registry.parquet" if task == REGISTRY_TASK else "data/cohorts"]
     if task != REGISTRY_TASK:
         paths.append("data/warehouse/mimic")
-    for round_ in rounds:
-        paths += [f"data/rounds/{round_}/{name}" for name in ("samples.parquet", "regenerated.parquet", "sft.jsonl", "dpo.jsonl")]
-    # matches_lock: the work tree still holds what dvc.lock hashed (None: no lock entry, or a folder DVC did not cache)
-    return [{"path": p, "md5": (entries.get(p) or {}).get("md5"), "stage": (entries.get(p) or {}).get("stage"),
-             "matches_lock": matches_lock(layout, p, entries)} for p in paths]
+    return artifact_records(layout, paths + round_artifact_paths(rounds))
 
 
 def _clean(row: dict) -> dict:

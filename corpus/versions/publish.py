@@ -29,7 +29,8 @@ import polars as pl
 from corpus.atomic import atomic_dir
 from corpus.errors import ConfigError, CorpusError
 from corpus.versions import card
-from corpus.versions.layout import Layout, git_revision, lock_entries, lock_params, matches_lock
+from corpus.versions.layout import (Layout, artifact_records, git_revision, lock_entries, lock_params, matches_lock,
+                                    round_artifact_paths)
 from corpus.versions.lineage import PAIR_SCHEMAS, lineage_summary, lineage_table, read_pairs
 
 log = logging.getLogger(__name__)
@@ -126,14 +127,9 @@ def _generators(layout: Layout, rounds: list[int]) -> list[dict]:
 
 
 def _artifacts(layout: Layout, rounds: list[int], sources: list[card.SourceDataset]) -> list[dict]:
-    entries = lock_entries(layout)
     paths = [Path(s.path).as_posix() for s in sources]
     paths += ["data/warehouse/mimic", "data/cohorts", "data/warehouse/registry.parquet", "data/questions"]
-    for round_ in rounds:
-        paths += [f"data/rounds/{round_}/{n}" for n in ("samples.parquet", "regenerated.parquet", "sft.jsonl", "dpo.jsonl")]
-    return [{"path": p, "md5": (entries.get(p) or {}).get("md5"), "stage": (entries.get(p) or {}).get("stage"),
-             "matches_lock": None if p.startswith("..") else matches_lock(layout, p, entries)}
-            for p in paths if p in entries or layout.resolve(p).exists()]
+    return artifact_records(layout, paths + round_artifact_paths(rounds), present_only=True)
 
 
 def _params_by_stage(layout: Layout, rounds: list[int]) -> dict[str, dict]:
