@@ -56,12 +56,19 @@ def synth(
                               help="MIMIC-IV-shaped source the rates and frequencies are fitted to."),
     table_spec: Path = typer.Option(Path("schemas/mimic_tables.yaml"), "--table-spec",
                                     help="Table spec: which tables and columns are written, with what types."),
+    scale_to: str = typer.Option(None, "--scale-to", metavar="NAME|FILE",
+                                 help="After fitting to --like, rescale the tables' sizes to a published target: a "
+                                      "name in corpus/templates/synth_targets/ (mimic-iv-2.2: the real MIMIC-IV v2.2's "
+                                      "row counts, scaled by --patients / 299,712) or your own YAML file of row "
+                                      "counts; none (the default) keeps --like's shape. The model: "
+                                      "corpus/synth/targets.py."),
 ) -> None:
     """Write MIMIC-IV-shaped synthetic tables fitted to --like (the model: corpus/synth/__init__.py)."""
     from corpus.config import DuckDBConfig
     from corpus.synth import synthesize
 
-    summary = _run(lambda: synthesize(patients, seed, out, fmt, like, table_spec, DuckDBConfig()))
+    summary = _run(lambda: synthesize(patients, seed, out, fmt, like, table_spec, DuckDBConfig(),
+                                      scale_to=scale_to))
     console.print(f"wrote {out}: " + ", ".join(f"{name} {rows:,}" for name, rows in summary["rows"].items()))
 
 

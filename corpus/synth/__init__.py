@@ -29,6 +29,10 @@ The model of the data (what is copied, what is drawn independently):
 - Dictionaries (d_icd_diagnoses, d_icd_procedures, d_labitems, d_items) are
   the source's own.
 
+`--scale-to NAME|FILE` then rescales the tables to a published set of row
+counts (MIMIC-IV v2.2's by name): a share of patients admitted, rows per
+admission thinned, the timelines still copied (corpus/synth/targets.py).
+
 chartevents is not written (the demo has none). Everything is drawn from a
 fixed-size chunk's own random stream (seed, chunk index): same seed and N,
 same bytes.
@@ -48,17 +52,24 @@ from corpus.logs import console
 from corpus.synth.fit import DICTIONARIES, EVENT_TABLES, SourceFit, fit_source
 from corpus.synth.generate import CHUNK_PATIENTS, HADM_BASE, SUBJECT_BASE, ChunkGenerator, Offsets
 from corpus.synth.summary import fitted_rates
+from corpus.synth.targets import fit_scaling, load_target, resolve_target
 from corpus.synth.write import FORMATS, TableWriter, empty_table
 
 
 
 def synthesize(
     patients: int, seed: int, out: Path, fmt: str, like: Path, table_spec: Path, db: DuckDBConfig,
-    show_progress: bool = True,
+    show_progress: bool = True, scale_to: str | None = None,
 ) -> dict:
-    """Fit to `like`, write `patients` synthetic patients under `out` (hosp/, icu/, synth.json); return synth.json."""
+    """Fit to `like`, write `patients` synthetic patients under `out` (hosp/, icu/, synth.json); return synth.json.
+
+    `scale_to`: a target NAME or FILE (corpus/synth/targets.py); None or "none" keeps the source's shape."""
     _check_request(patients, fmt)
-    return write_synthetic(fit_source(Path(like), Path(table_spec), db), patients, seed, out, fmt, show_progress)
+    if scale_to is not None and scale_to != "none":
+        # Resolve and check the target file before the (slower) fit reads the source.
+        load_target(resolve_target(scale_to)[1])
+    return write_synthetic(fit_source(Path(like), Path(table_spec), db), patients, seed, out, fmt, show_progress,
+                           scale_to)
 
 
 def _check_request(patients: int, fmt: str) -> None:
@@ -69,8 +80,10 @@ def _check_request(patients: int, fmt: str) -> None:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
-def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: str, show_progress: bool = True) -> dict:
-    """Write `patients` synthetic patients drawn from `fit` under `out`; return what synth.json holds."""
+def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: str, show_progress: bool = True,
+                    scale_to: str | None = None) -> dict:
+    """Write `patients` synthetic patients drawn from `fit` under `out` (rescaled to the target `scale_to`
+    unless None or "none"); return what synth.json holds."""
     _check_request(patients, fmt)
     out = Path(out)
     # --out is replaced whole: never a folder that holds something other than an earlier synth output.
@@ -78,15 +91,21 @@ def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: st
         raise ConfigError(f"--out {out}: exists and is not a corpus synth output (no synth.json); "
                           "refusing to replace it")
     generator = ChunkGenerator(fit)
+    scaling = None
+    if scale_to is not None and scale_to != "none":
+        scaling = fit_scaling(scale_to, generator.pat_k, generator.n, generator.pat_outlabs)
+        generator = ChunkGenerator(fit, scaling)
     outputs = [t for t in EVENT_TABLES if t in fit.present]
     chunks = -(-patients // CHUNK_PATIENTS)
     rates = fitted_rates(generator)
+    expected = ({t: scaling.per_patient(t) for t in outputs} if scaling is not None
+                else rates["rows_per_patient"])
     with atomic_dir(out) as staging:
         writers = {t: TableWriter(staging, fit.specs[t], fmt) for t in outputs}
         progress = Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console, disable=not show_progress)
         with progress:
-            bars = {t: progress.add_task(t, total=round(patients * rates["rows_per_patient"].get(t, 0)))
+            bars = {t: progress.add_task(t, total=round(patients * expected.get(t, 0)))
                     for t in outputs}
 
             def write(tables: dict) -> None:
@@ -125,6 +144,8 @@ def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: st
             "source": fit.source,
             "chunk_patients": CHUNK_PATIENTS,
             "fitted": rates,
+            # The target, its file's sha256 and the knobs fitted to it (null: the source's shape).
+            "scale_to": scaling.record() if scaling is not None else None,
             "rows": {name: writer.rows for name, writer in sorted(writers.items())},
             "not_written": sorted(set(fit.specs) - set(writers)),
         }

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from corpus.synth.fit import ADMISSION_CATEGORIES, Frequencies, SourceFit
+from corpus.synth.targets import Scaling
 
 CHUNK_PATIENTS = 5_000
 SUBJECT_BASE = 10_000_000
@@ -65,8 +66,10 @@ def _groups(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class ChunkGenerator:
     """Holds the fit in the arrays a chunk draws from."""
 
-    def __init__(self, fit: SourceFit) -> None:
+    def __init__(self, fit: SourceFit, scaling: Scaling | None = None) -> None:
         self.fit = fit
+        # None: the source's shape. A scaling draws extra numbers, so only a scaled output's stream differs.
+        self.scaling = scaling
         col = fit.column
         self.pat_age = col("patients", "anchor_age").astype(np.int32)
         self.pat_year = col("patients", "anchor_year").astype(np.int64)
@@ -116,6 +119,10 @@ class ChunkGenerator:
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         tp = rng.integers(0, len(self.pat_k), patients)
         k = self.pat_k[tp]
+        scale = self.scaling
+        if scale is not None:
+            # Only a share of patients keep their template's admissions (corpus/synth/targets.py).
+            k = np.where(rng.random(patients) < scale.admitted_share, k, 0)
         subject = SUBJECT_BASE + at.patient + np.arange(patients, dtype=np.int64)
 
         adm_pat, seq = _groups(k)
@@ -161,20 +168,26 @@ class ChunkGenerator:
                 "hospital_expire_flag": pa.array(dying.astype(np.int32)),
             })],
         }
-        tables["diagnoses_icd"] = [self._codes(rng, "dx", self.dx_version, self.n["n_dx"][ta], adm_subject, hadm)]
-        tables["procedures_icd"] = [self._codes(rng, "px", self.px_version, self.n["n_px"][ta], adm_subject, hadm,
+        n = {name: counts[ta] for name, counts in self.n.items()}
+        outlabs = self.pat_outlabs[tp]
+        if scale is not None:
+            n = {name: scale.counts[name].apply(rng, counts) if name in scale.counts else scale.labs.apply(rng, counts)
+                 for name, counts in sorted(n.items())}
+            outlabs = scale.labs.apply(rng, outlabs)
+        tables["diagnoses_icd"] = [self._codes(rng, "dx", self.dx_version, n["n_dx"], adm_subject, hadm)]
+        tables["procedures_icd"] = [self._codes(rng, "px", self.px_version, n["n_px"], adm_subject, hadm,
                                                 admit, los)]
-        tables["prescriptions"] = [self._prescriptions(rng, self.n["n_rx"][ta], adm_subject, hadm, admit, los)]
+        tables["prescriptions"] = [self._prescriptions(rng, n["n_rx"], adm_subject, hadm, admit, los)]
         if "labevents" in self.fit.present and self.lab_freq.total:
             first_admit = np.where(k > 0, base, year_start)
             span = np.where(k > 0, last_disch - base, ANCHOR_SPAN_S)
             tables["labevents"] = [
-                self._labs(rng, self.n["n_lab"][ta], adm_subject, hadm, admit, los),
-                self._labs(rng, self.pat_outlabs[tp], subject, None, first_admit, span),
+                self._labs(rng, n["n_lab"], adm_subject, hadm, admit, los),
+                self._labs(rng, outlabs, subject, None, first_admit, span),
             ]
         stays = 0
         if "icustays" in self.fit.present and self.fit.careunits.total:
-            icu, stays = self._icustays(rng, self.n["n_icu"][ta], adm_subject, hadm, admit, los, at.stay)
+            icu, stays = self._icustays(rng, n["n_icu"], adm_subject, hadm, admit, los, at.stay)
             tables["icustays"] = [icu]
         return tables, Offsets(at.patient + patients, at.admission + n_adm, at.stay + stays)
 
