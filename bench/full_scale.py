@@ -66,6 +66,10 @@ def main() -> None:
                         help="stop PyHealth when its process tree passes this RSS (the machine is shared)")
     parser.add_argument("--pyhealth-venv", type=Path, default=Path("/tmp/pyhealth-venv"))
     parser.add_argument("--seed", type=int, default=7, help="corpus synth --seed")
+    parser.add_argument("--scale-to", default="mimic-iv-2.2",
+                        help="corpus synth --scale-to: the synthetic tables' sizes follow this target (a name in "
+                             "corpus/templates/synth_targets/ or a file; none: the demo's shape, 1.9-3.6x the "
+                             "real MIMIC-IV's rows per patient); part of the cache folder's name")
     parser.add_argument("--format", default="csv.gz", choices=("csv.gz", "parquet"),
                         help="synthetic table format; PyHealth reads csv.gz only, so the peer needs csv.gz")
     parser.add_argument("--recipe", default="remedi", choices=sorted(RECIPES),
@@ -89,6 +93,7 @@ def main() -> None:
     print(cpu_report(), flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results: dict = {"started_utc": started, "cpu": cpu_info(), "loadavg_start": loadavg(),
+                     "scale_to": None if args.source is not None else args.scale_to,
                      "args": {k: str(v) for k, v in vars(args).items()}, "sizes": {}}
     print(f"load average at the start: {results['loadavg_start']}", flush=True)
     for size in args.sizes:
@@ -96,11 +101,12 @@ def main() -> None:
         if args.source is not None:
             source, entry["synth"] = args.source, None
         else:
-            source, entry["synth"] = synth_tables(size, args.seed, args.format, args.scratch, logs)
+            source, entry["synth"] = synth_tables(size, args.seed, args.format, args.scratch, logs, args.scale_to)
             if entry["synth"] is None:
                 cached = source / ".bench-synth.json"
                 entry["synth"] = {**json.loads(cached.read_text()), "cached": True} if cached.exists() else None
         entry["source"] = str(source)
+        entry["scale_to"] = None if args.source is not None else args.scale_to
         peer_size = not args.no_peer and size in args.peer_sizes
         if args.only not in ("pyhealth", "peer-tables"):
             entry["ours"] = run_stages(source, args.scratch / "work" / str(size), args.recipe, logs, f"n={size}")
@@ -119,7 +125,7 @@ def main() -> None:
     if args.only == "pyhealth":  # no table without our side: --merge it with the run that has it
         lines = [json.dumps({size: entry.get("pyhealth") for size, entry in results["sizes"].items()}, indent=1)]
     else:
-        lines = report_lines(results)
+        lines = _shape_line(results) + report_lines(results)
     results["table"] = lines
     print("\n".join(lines))
     if args.json:
@@ -140,10 +146,19 @@ def _merge(paths: list[Path], out: Path | None) -> None:
             else:
                 merged[key] = value
     merged["merged_from"] = [str(p) for p in paths]
-    merged["table"] = report_lines(merged)
+    merged["table"] = _shape_line(merged) + report_lines(merged)
     print("\n".join(merged["table"]))
     if out:
         _write(out, merged)
+
+
+def _shape_line(results: dict) -> list[str]:
+    """Which sizes the synthetic tables have: the figures mean little without it."""
+    shape = results.get("scale_to")
+    if shape is None:
+        return ["tables: --source (not synthetic)" if "scale_to" in results else "tables: --scale-to not recorded"]
+    return [f"synthetic tables: corpus synth --scale-to {shape}"
+            + (" (the demo's shape)" if shape == "none" else " (row counts per patient of that target)")]
 
 
 def _write(path: Path, results: dict) -> None:

@@ -51,11 +51,15 @@ def _fresh(folder: Path, seconds: float = 300) -> bool:
     return bool(files) and time.time() - max(files) < seconds
 
 
-def synth_tables(patients: int, seed: int, fmt: str, scratch: Path, log_dir: Path) -> tuple[Path, dict | None]:
-    """scratch/synth/n<patients>-s<seed>-<fmt>: made once (into a .partial folder, renamed when done).
+def synth_tables(patients: int, seed: int, fmt: str, scratch: Path, log_dir: Path,
+                 scale_to: str = "mimic-iv-2.2") -> tuple[Path, dict | None]:
+    """scratch/synth/n<patients>-s<seed>-<fmt>[-<scale_to>]: made once (into a .partial folder, renamed
+    when done). `scale_to`: corpus synth --scale-to (a target name or file; "none": the source's shape,
+    and no suffix, so the folders made before --scale-to existed stay valid).
 
     Returns the folder and the generation's measurement (None when it was cached)."""
-    out = scratch / "synth" / f"n{patients}-s{seed}-{fmt.replace('.', '')}"
+    suffix = "" if scale_to == "none" else f"-{Path(scale_to).stem}"
+    out = scratch / "synth" / f"n{patients}-s{seed}-{fmt.replace('.', '')}{suffix}"
     partial = out.with_name(out.name + ".partial")
     # Another run (an earlier benchmark started apart, say) may be writing these tables:
     # corpus synth writes into a hidden .tmp folder, renamed when done. Wait for it.
@@ -68,8 +72,8 @@ def synth_tables(patients: int, seed: int, fmt: str, scratch: Path, log_dir: Pat
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "corpus.cli", "synth", "--patients", str(patients), "--seed", str(seed),
-               "--out", str(partial), "--format", fmt]
-    measured = run_measured(command, cwd=REPO, env=child_env(), log_path=log_dir / f"synth-{patients}.log")
+               "--out", str(partial), "--format", fmt, "--scale-to", scale_to]
+    measured = run_measured(command, cwd=REPO, env=child_env(), log_path=log_dir / f"synth-{out.name}.log")
     if measured.returncode != 0:
         raise SystemExit(f"corpus synth --patients {patients} failed (rc {measured.returncode}):\n"
                          f"{measured.stderr_tail}")
