@@ -9,10 +9,12 @@ it and 0 otherwise (corpus/train/rewards.py), and GRPO pushes up the answers
 that beat their group's mean. No pair file is used: the reward replaces the
 preference data.
 
-The model folder is written atomically: training runs in a scratch folder
-that is deleted whatever happens, and the final weights and tokenizer are
-renamed into `out_dir` only once complete (corpus/atomic.py), so a failed run
-leaves no half-written model and keeps the previous one.
+The run goes through corpus.train.trainers like SFT and DPO: training runs in
+a scratch folder that is deleted whatever happens, and the final weights,
+tokenizer and training.json are renamed into `out_dir` only once complete
+(corpus/atomic.py), so a failed run leaves no half-written model and keeps
+the previous one; the training profile (cpu | gpu, corpus/train/profile.py)
+sets dtype, attention, checkpointing and DeepSpeed as for the other phases.
 
 TRL 1.16 specifics that shape this module (read from trl/trainer/grpo_config.py):
 
@@ -32,20 +34,19 @@ TRL 1.16 specifics that shape this module (read from trl/trainer/grpo_config.py)
 from __future__ import annotations
 
 import logging
-import math
 import os
-import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from corpus.atomic import atomic_dir
 from corpus.generate.prompts import question_messages, sampling_template
+from corpus.train.data import FittedRecords
+from corpus.train.profile import CPU_PROFILE, ResolvedProfile
 from corpus.train.rewards import correct_answer_reward
+from corpus.train.trainers import PhaseResult, load_model, run_phase
 
-__all__ = ["GRPOSettings", "grpo_dataset", "train_grpo"]
+__all__ = ["GRPOSettings", "grpo_dataset", "grpo_phase", "train_grpo"]
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +215,11 @@ def grpo_dataset(questions: list[dict]):
     return Dataset.from_list(rows)
 
 
-def _grpo_config(settings: GRPOSettings, output_dir: Path, *, seed: int, cpu: bool):
+def _grpo_config(settings: GRPOSettings, output_dir: Path, *, seed: int, profile: ResolvedProfile):
     from trl import GRPOConfig
 
+    cpu = profile.name == "cpu"
+    extra = {"deepspeed": str(profile.deepspeed)} if profile.deepspeed is not None else {}
     return GRPOConfig(
         output_dir=str(output_dir),
         max_steps=settings.max_steps,
@@ -233,10 +236,10 @@ def _grpo_config(settings: GRPOSettings, output_dir: Path, *, seed: int, cpu: bo
         temperature=settings.temperature,
         top_p=settings.top_p,
         logging_steps=settings.logging_steps,
-        gradient_checkpointing=settings.gradient_checkpointing,
+        gradient_checkpointing=settings.gradient_checkpointing or profile.gradient_checkpointing,
         # GRPOConfig defaults to bf16=True, which fails on CPU (FACTS.md, TRL 1.16).
         use_cpu=cpu,
-        bf16=not cpu,
+        bf16=profile.dtype == "bfloat16",
         # The pipeline owns checkpoints (out_dir, DVC) and metrics (the summary):
         # nothing is saved mid-run, nothing is reported anywhere.
         save_strategy="no",
@@ -247,103 +250,57 @@ def _grpo_config(settings: GRPOSettings, output_dir: Path, *, seed: int, cpu: bo
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
+        **extra,
     )
 
 
-def _finite(value: Any) -> float | None:
-    """A logged figure as a JSON-safe float (TRL logs None or NaN for a metric it could not compute)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _step_logs(log_history: list[dict]) -> list[dict]:
-    """TRL's per-step log entries (those with a training loss), reduced to the summary's figures."""
-    steps = []
-    for entry in log_history:
-        if "loss" not in entry or "step" not in entry:
-            continue  # the end-of-training entry carries train_loss / train_runtime instead
-        row = {"step": int(entry["step"])}
-        row.update({name: _finite(entry.get(key)) for name, key in LOGGED.items() if key in entry})
-        steps.append(row)
-    return steps
-
-
-def train_grpo(
-    model_dir: Path,
-    questions: list[dict],
-    out_dir: Path,
-    settings: GRPOSettings,
-    *,
-    seed: int,
-    cpu: bool = True,
-) -> dict:
+def grpo_phase(model_dir: Path, questions: list[dict], out_dir: Path, settings: GRPOSettings, *, seed: int,
+               profile: ResolvedProfile = CPU_PROFILE, provenance: dict | None = None) -> PhaseResult:
     """Train `model_dir` (a Hugging Face folder, the round's SFT model) with GRPO on `questions`.
 
-    Saves the final model and its tokenizer to `out_dir` (atomically; loadable
-    with from_pretrained by every generator backend) and returns a summary:
-    steps, final_loss, reward_first / reward_last (the first and last logged
-    mean rewards), seconds, and log_history (one dict per logged step: step,
-    loss, reward, reward_std, frac_reward_zero_std, completion_length,
-    learning_rate) for loss-curve plots.
+    The run, its scratch folder and the atomic save are corpus.train.trainers' (as for SFT
+    and DPO): the final model, its tokenizer and training.json land in `out_dir` whole or
+    not at all. The PhaseResult's log_history holds LOGGED per step.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
     # accelerate launch sets WORLD_SIZE; a plain run is one process.
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    settings.check_batch(processes)
+    settings.check_batch(int(os.environ.get("WORLD_SIZE", "1")))
     dataset = grpo_dataset(questions)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
 
-    started = time.perf_counter()
-    # float32 on CPU: bf16 matmuls are emulated (slow) on AVX2-only CPUs.
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if cpu else torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # TRL writes run files (and would write checkpoints) under output_dir: a scratch
-    # sibling of out_dir, removed whatever happens, so out_dir holds only the model.
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.grpo-run-", dir=out_dir.parent) as scratch:
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[correct_answer_reward],
-            args=_grpo_config(settings, Path(scratch), seed=seed, cpu=cpu),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
-        result = trainer.train()
-        trained = trainer.model
-        # Gradient checkpointing turns the KV cache off in the config; the saved
-        # model is for generation, where the cache is what makes sampling fast.
-        trained.config.use_cache = True
-        with atomic_dir(out_dir) as folder:
-            # save_pretrained, not trainer.save_model: the latter adds training_args.bin,
-            # a pickle holding the scratch path, so the same run would hash differently.
-            trained.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-        log_history = list(trainer.state.log_history)
-        global_step = int(trainer.state.global_step)
-    seconds = time.perf_counter() - started
+    def factory(scratch: Path):
+        model, tokenizer = load_model(Path(model_dir), profile)
+        return GRPOTrainer(model=model, reward_funcs=[correct_answer_reward],
+                           args=_grpo_config(settings, scratch, seed=seed, profile=profile),
+                           train_dataset=dataset, processing_class=tokenizer)
 
-    steps = _step_logs(log_history)
-    rewards = [row["reward"] for row in steps if row.get("reward") is not None]
+    fitted = FittedRecords(rows=list(dataset), truncated=0, over_budget=0)
+    provenance = {"phase": "grpo", "settings": asdict(settings), "seed": seed, **(provenance or {})}
+    return run_phase("grpo", factory, Path(model_dir), Path(out_dir), fitted, len(questions), provenance,
+                     logged=LOGGED)
+
+
+def train_grpo(model_dir: Path, questions: list[dict], out_dir: Path, settings: GRPOSettings, *, seed: int,
+               profile: ResolvedProfile = CPU_PROFILE, provenance: dict | None = None) -> dict:
+    """grpo_phase, summarised: steps, final_loss, reward_first / reward_last (the first and
+    last logged mean rewards), seconds, and log_history (one dict per logged step: step,
+    loss, reward, reward_std, frac_reward_zero_std, completion_length, learning_rate, kl)."""
+    result = grpo_phase(model_dir, questions, out_dir, settings, seed=seed, profile=profile, provenance=provenance)
+    rewards = [row["reward"] for row in result.log_history if row.get("reward") is not None]
     summary = {
         "method": "grpo",
         "model": str(model_dir),
         "questions": len(questions),
-        "questions_per_step": settings.questions_per_step(processes),
-        "steps": global_step,
-        "final_loss": steps[-1]["loss"] if steps else _finite(result.training_loss),
-        "train_loss": _finite(result.training_loss),
+        "questions_per_step": settings.questions_per_step(int(os.environ.get("WORLD_SIZE", "1"))),
+        "steps": result.steps,
+        "final_loss": result.final_loss,
         "reward_first": rewards[0] if rewards else None,
         "reward_last": rewards[-1] if rewards else None,
-        "seconds": round(seconds, 3),
+        "seconds": round(result.seconds, 3),
         "settings": asdict(settings),
         "seed": seed,
-        "log_history": steps,
+        "log_history": result.log_history,
     }
-    log.info("GRPO: %d steps in %.1f s, reward %s -> %s, saved to %s", global_step, seconds,
+    log.info("GRPO: %d steps in %.1f s, reward %s -> %s, saved to %s", result.steps, result.seconds,
              summary["reward_first"], summary["reward_last"], out_dir)
     return summary

@@ -47,6 +47,10 @@ class ResolvedProfile:
                 "gradient_checkpointing": self.gradient_checkpointing}
 
 
+# float32 on CPU: bf16 matmuls are emulated (slow) on AVX2-only CPUs.
+CPU_PROFILE = ResolvedProfile("cpu", "float32", "sdpa", None, False)
+
+
 def load_deepspeed_config(path: Path) -> dict:
     """The ZeRO config as a dict, with a clear error naming the file when it is missing or broken."""
     try:
@@ -65,7 +69,7 @@ def resolve_profile(config: TrainConfig, *, cuda_available: bool | None = None) 
     """What the configured profile means on this machine. `cuda_available` overrides the
     check (tests build the gpu profile on a CPU machine)."""
     if config.profile == "cpu":
-        return ResolvedProfile("cpu", "float32", "sdpa", None, False)
+        return CPU_PROFILE
     if cuda_available is None:
         import torch
 

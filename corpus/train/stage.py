@@ -88,7 +88,7 @@ def run_train(round_: int, params_path: Path = Path("params.yaml"), *, base_mode
                                   len(dpo_records), second_out, config, profile,
                                   {**provenance, "phase": "dpo", "data": dict(data), "init": str(sft_out)})
     else:
-        phases["grpo"] = _train_grpo(config, sft_out, questions, second_out, provenance)
+        phases["grpo"] = _train_grpo(config, sft_out, questions, second_out, profile, provenance)
 
     summary = {
         "round": round_,
@@ -114,14 +114,10 @@ def _is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def _train_grpo(config: TrainConfig, sft_out: Path, questions: dict[str, dict], out: Path, provenance: dict):
+def _train_grpo(config: TrainConfig, sft_out: Path, questions: dict[str, dict], out: Path, profile, provenance: dict):
     """GRPO from the SFT model on the train questions, reward from the project's parser."""
-    from corpus.train.grpo import GRPOSettings, train_grpo
-    from corpus.train.trainers import PhaseResult
+    from corpus.train.grpo import GRPOSettings, grpo_phase
 
-    settings = GRPOSettings.from_params(config.grpo)
-    result = train_grpo(sft_out, sorted(questions.values(), key=lambda q: q["id"]), out, settings,
-                        seed=config.seed, cpu=config.profile == "cpu")
-    return PhaseResult("grpo", records=len(questions), records_used=len(questions), steps=result.get("steps", 0),
-                       final_loss=result.get("final_loss"), seconds=result.get("seconds", 0.0),
-                       log_history=result.get("log_history", []))
+    return grpo_phase(sft_out, sorted(questions.values(), key=lambda q: q["id"]), out,
+                      GRPOSettings.from_params(config.grpo), seed=config.seed, profile=profile,
+                      provenance={**provenance, "init": str(sft_out)})

@@ -71,7 +71,7 @@ def _lora(config: TrainConfig):
                       target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM")
 
 
-def _load(model_dir: Path, profile: ResolvedProfile):
+def load_model(model_dir: Path, profile: ResolvedProfile):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **profile.model_kwargs())
@@ -81,13 +81,26 @@ def _load(model_dir: Path, profile: ResolvedProfile):
     return model, tokenizer
 
 
-def _history(trainer) -> list[dict]:
+def _figure(value) -> float | None:
+    """A logged figure as a JSON-safe float (TRL logs None or NaN for one it could not compute)."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return round(float(value), 6)
+
+
+def _history(trainer, logged: dict[str, str] | None = None) -> list[dict]:
+    """TRL's per-step entries (those with a loss): the loss and DPO's rewards/* figures, or,
+    with `logged` ({name: TRL log key}), those figures (GRPO's reward, reward_std, ...)."""
     rows = []
     for entry in trainer.state.log_history:
         if "loss" in entry and "step" in entry:
-            rows.append({"step": int(entry["step"]), "loss": round(float(entry["loss"]), 6),
-                         **{k: round(float(v), 6) for k, v in entry.items()
-                            if k.startswith("rewards/") and isinstance(v, (int, float))}})
+            if logged is None:
+                figures = {"loss": _figure(entry["loss"]),
+                           **{k: _figure(v) for k, v in entry.items() if k.startswith("rewards/")
+                              and isinstance(v, (int, float))}}
+            else:
+                figures = {name: _figure(entry.get(key)) for name, key in logged.items() if key in entry}
+            rows.append({"step": int(entry["step"]), **figures})
     return rows
 
 
@@ -102,6 +115,9 @@ def save_model(model, tokenizer, out_dir: Path, provenance: dict) -> None:
     """Merge adapters (if any) and write a full folder atomically."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    # Gradient checkpointing turns the KV cache off in the config; the saved model is
+    # for generation, where the cache is what makes sampling fast.
+    model.config.use_cache = True
     with atomic_dir(out_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -117,8 +133,8 @@ def copy_model(model_dir: Path, out_dir: Path, provenance: dict) -> None:
         write_json(staging / "training.json", provenance)
 
 
-def _run(phase_name: str, trainer_factory, model_dir: Path, out_dir: Path, fitted: FittedRecords, total: int,
-         provenance: dict) -> PhaseResult:
+def run_phase(phase_name: str, trainer_factory, model_dir: Path, out_dir: Path, fitted: FittedRecords, total: int,
+              provenance: dict, logged: dict[str, str] | None = None) -> PhaseResult:
     result = PhaseResult(phase_name, records=total, records_used=len(fitted.rows), truncated=fitted.truncated,
                          over_budget=fitted.over_budget)
     if not fitted.rows:
@@ -140,7 +156,7 @@ def _run(phase_name: str, trainer_factory, model_dir: Path, out_dir: Path, fitte
         result.seconds = time.perf_counter() - started
         result.steps = int(trainer.state.global_step)
         result.final_loss = _final_loss(trainer)
-        result.log_history = _history(trainer)
+        result.log_history = _history(trainer, logged)
         # Under `accelerate launch` every process trains; one writes the folder.
         trainer.accelerator.wait_for_everyone()
         if trainer.accelerator.is_main_process:
@@ -159,12 +175,12 @@ def train_sft(model_dir: Path, fitted: FittedRecords, total: int, out_dir: Path,
     from trl import SFTConfig, SFTTrainer
 
     def factory(scratch: Path):
-        model, tokenizer = _load(model_dir, profile)
+        model, tokenizer = load_model(model_dir, profile)
         args = SFTConfig(**training_kwargs(config, config.sft, profile, scratch))
         return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(fitted.rows),
                           processing_class=tokenizer, peft_config=_lora(config))
 
-    return _run("sft", factory, model_dir, out_dir, fitted, total, provenance)
+    return run_phase("sft", factory, model_dir, out_dir, fitted, total, provenance)
 
 
 def train_dpo(model_dir: Path, fitted: FittedRecords, total: int, out_dir: Path, config: TrainConfig,
@@ -173,7 +189,7 @@ def train_dpo(model_dir: Path, fitted: FittedRecords, total: int, out_dir: Path,
     from trl import DPOConfig, DPOTrainer
 
     def factory(scratch: Path):
-        model, tokenizer = _load(model_dir, profile)
+        model, tokenizer = load_model(model_dir, profile)
         args = DPOConfig(**training_kwargs(config, config.dpo, profile, scratch), beta=config.dpo.beta,
                          loss_type=list(config.dpo.loss_type),
                          precompute_ref_log_probs=config.dpo.precompute_ref_log_probs)
@@ -182,4 +198,4 @@ def train_dpo(model_dir: Path, fitted: FittedRecords, total: int, out_dir: Path,
         return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(fitted.rows),
                           processing_class=tokenizer, peft_config=_lora(config))
 
-    return _run("dpo", factory, model_dir, out_dir, fitted, total, provenance)
+    return run_phase("dpo", factory, model_dir, out_dir, fitted, total, provenance)
