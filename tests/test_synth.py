@@ -15,15 +15,17 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from corpus.cli import app
 from corpus.cohorts import TASKS, build_cohorts
 from corpus.config import CohortConfig
-from corpus.errors import SourceError
+from corpus.errors import ConfigError, SourceError
 from corpus.ingest.mimic import ingest_mimic
 from corpus.synth import write_synthetic
 from corpus.synth.fit import fit_source
+from corpus.synth.targets import TARGETS_DIR
 from tests.conftest import DEMO, TABLE_SPEC, requires_demo
 
 pytestmark = requires_demo
@@ -144,34 +146,37 @@ def _per_patient(folder: Path, task: str, label: int) -> dict[int, tuple[int, in
     return {k: (n, y) for k, (n, y) in out.items()}
 
 
-@pytest.mark.parametrize("convention", ["kare", "pyhealth"])
-def test_label_rates_match_the_source(tmp_path, labelled_warehouse, demo_cohorts, demo_fit, duckdb_config,
-                                      convention):
+def _assert_label_rates(summary: dict, source_folder: Path, source_patients: int, patients: int) -> None:
     """The tolerance: a synthetic patient is a resampled source patient (timeline and counts; only the codes
-    are new), so a synthetic label share is a ratio estimate over PATIENTS patients drawn with replacement
+    are new), so a synthetic label share is a ratio estimate over `patients` patients drawn with replacement
     from the source's. Its standard error is sqrt(mean_i (y_i - r n_i)^2 / N) / mean_i n_i over the source's
     patients i (n_i samples, y_i of them with the label, r the source's share); the synthetic share must lie
     within 3 of those of the source's share (at N = 2000: about 0.02 for mortality)."""
-    _, warehouse = labelled_warehouse
-    summary = build_cohorts(warehouse, tmp_path / "cohorts", tmp_path / "summary.json",
-                            CohortConfig(label_convention=convention), duckdb_config)
-    source_patients = demo_fit.patients.num_rows
     checked = 0
     for task in TASKS:
         labels = (0, 1, 2, 3) if task == "los" else (1,)
         for label in labels:
-            source = _per_patient(demo_cohorts[convention], task, label)
+            source = _per_patient(source_folder, task, label)
             n = np.array([v[0] for v in source.values()] + [0] * (source_patients - len(source)), float)
             y = np.array([v[1] for v in source.values()] + [0] * (source_patients - len(source)), float)
             rate = y.sum() / n.sum()
-            se = np.sqrt(np.mean((y - rate * n) ** 2) / PATIENTS) / n.mean()
+            se = np.sqrt(np.mean((y - rate * n) ** 2) / patients) / n.mean()
             synthetic = summary["tasks"][task]["by_label"].get(str(label), 0) / summary["tasks"][task]["samples"]
             assert abs(synthetic - rate) <= 3 * se, f"{task} label {label}: {synthetic:.4f} vs source {rate:.4f} (3 SE {3 * se:.4f})"
             checked += 1
     assert checked == 6
     # Samples per patient follow the source's too (a visit qualifies as its template did).
-    source_samples = sum(v[0] for v in _per_patient(demo_cohorts[convention], "los", 0).values())
-    assert summary["tasks"]["los"]["samples"] / PATIENTS == pytest.approx(source_samples / source_patients, rel=0.15)
+    source_samples = sum(v[0] for v in _per_patient(source_folder, "los", 0).values())
+    assert summary["tasks"]["los"]["samples"] / patients == pytest.approx(source_samples / source_patients, rel=0.15)
+
+
+@pytest.mark.parametrize("convention", ["kare", "pyhealth"])
+def test_label_rates_match_the_source(tmp_path, labelled_warehouse, demo_cohorts, demo_fit, duckdb_config,
+                                      convention):
+    _, warehouse = labelled_warehouse
+    summary = build_cohorts(warehouse, tmp_path / "cohorts", tmp_path / "summary.json",
+                            CohortConfig(label_convention=convention), duckdb_config)
+    _assert_label_rates(summary, demo_cohorts[convention], demo_fit.patients.num_rows, PATIENTS)
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path, demo_fit, synthetic):
@@ -259,3 +264,101 @@ def test_cli_writes_the_folder_and_names_a_bad_source(tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads((out / "synth.json").read_text())["patients"] == 7
     assert not (out / "hosp" / "admissions.csv.gz").exists() and (out / "hosp" / "admissions.parquet").is_file()
+
+
+# --- --scale-to: the real MIMIC-IV's sizes ------------------------------------------------------------
+# SCALED patients at mimic-iv-2.2's sizes: about 52 % of them admitted (so about as many admitted patients as
+# PATIENTS above) and 394 lab events per patient (1.6 M rows, a few seconds to write and ingest).
+SCALED = 4000
+TARGET = "mimic-iv-2.2"
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory, demo_fit, duckdb_config) -> tuple[Path, Path, dict]:
+    """(source, warehouse, ingest details) of SCALED patients scaled to TARGET."""
+    root = tmp_path_factory.mktemp("synth-scaled")
+    write_synthetic(demo_fit, SCALED, SEED, root / "src", "parquet", show_progress=False, scale_to=TARGET)
+    warehouse, details = _ingest(root / "src", root, duckdb_config)
+    return root / "src", warehouse, details
+
+
+def test_scaled_tables_have_the_targets_rows_per_patient(scaled):
+    source, warehouse, details = scaled
+    written = json.loads((source / "synth.json").read_text())
+    target_file = TARGETS_DIR / f"{TARGET}.yaml"
+    recorded = written["scale_to"]
+    assert (recorded["name"], recorded["sha256"]) == (TARGET, hashlib.sha256(target_file.read_bytes()).hexdigest())
+    assert recorded["target"]["tables"]["admissions"] == 431_231
+    # The real ingest reads every table and drops nothing.
+    assert details["rows_excluded_total"] == 0 and details["invalid_values_total"] == 0
+    assert {name: t["rows_written"] for name, t in details["tables"].items()} == written["rows"]
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW patients AS FROM read_parquet('{warehouse / 'patients'}.parquet')")
+    wanted = recorded["target_rows_per_patient"]
+    for table in ("admissions", "diagnoses_icd", "procedures_icd", "prescriptions", "labevents", "icustays"):
+        # Rows per patient, patients with none counted as 0: its mean and standard error over SCALED patients.
+        counts = np.array([row[0] for row in con.execute(
+            f"SELECT count(t.subject_id) FROM patients p LEFT JOIN read_parquet('{warehouse / table}.parquet') t "
+            "USING (subject_id) GROUP BY p.subject_id").fetchall()], float)
+        assert len(counts) == SCALED
+        se = counts.std() / np.sqrt(SCALED)
+        # Within 3 standard errors of the target; the test can fail: 3 SE is under 15 % of the target.
+        assert 3 * se < 0.15 * wanted[table], table
+        assert abs(counts.mean() - wanted[table]) <= 3 * se, f"{table}: {counts.mean():.3f} vs {wanted[table]}"
+    # The demo-shaped tables would be 1.9x (admissions) to 3.6x (prescriptions) these: the scaling did act.
+    assert written["rows"]["prescriptions"] / SCALED < 0.5 * written["fitted"]["rows_per_patient"]["prescriptions"]
+
+
+@pytest.mark.parametrize("convention", ["kare", "pyhealth"])
+def test_scaled_label_rates_stay_the_sources(tmp_path, scaled, demo_cohorts, demo_fit, duckdb_config, convention):
+    """The admitted patients are a resample of the source's, and an admission keeps at least one diagnosis,
+    procedure and drug where its template had one: label rates and samples per admitted patient are the
+    source's, within 3 SE over the admitted patients."""
+    source, warehouse, _ = scaled
+    admitted = duckdb.connect().execute(
+        f"SELECT count(DISTINCT subject_id) FROM read_parquet('{warehouse / 'admissions'}.parquet')").fetchone()[0]
+    share = json.loads((source / "synth.json").read_text())["scale_to"]["admitted_share"]
+    assert admitted / SCALED == pytest.approx(share, abs=3 * np.sqrt(share * (1 - share) / SCALED))
+    summary = build_cohorts(warehouse, tmp_path / "cohorts", tmp_path / "summary.json",
+                            CohortConfig(label_convention=convention), duckdb_config)
+    _assert_label_rates(summary, demo_cohorts[convention], demo_fit.patients.num_rows, admitted)
+
+
+def test_scaled_same_seed_same_bytes(tmp_path, demo_fit, synthetic):
+    for name in ("a", "b"):
+        write_synthetic(demo_fit, SMALL, SEED, tmp_path / name, "parquet", show_progress=False, scale_to=TARGET)
+    first, again = _digests(tmp_path / "a"), _digests(tmp_path / "b")
+    assert first == again
+    # Scaling changes the drawn tables; "none" is the unscaled output, byte for byte.
+    unscaled = _digests(synthetic)
+    assert first["hosp/prescriptions.parquet"] != unscaled["hosp/prescriptions.parquet"]
+    write_synthetic(demo_fit, SMALL, SEED, tmp_path / "none", "parquet", show_progress=False, scale_to="none")
+    assert _digests(tmp_path / "none") == unscaled
+
+
+def _target_file(tmp_path: Path, name: str, edit) -> Path:
+    data = yaml.safe_load((TARGETS_DIR / f"{TARGET}.yaml").read_text())
+    edit(data)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_bad_target_is_refused_naming_the_file_and_key(tmp_path, demo_fit):
+    missing = _target_file(tmp_path, "missing", lambda d: d["tables"].pop("labevents"))
+    with pytest.raises(ConfigError, match=rf"{missing}: tables\.labevents missing"):
+        write_synthetic(demo_fit, 10, SEED, tmp_path / "out", "parquet", show_progress=False, scale_to=str(missing))
+    negative = _target_file(tmp_path, "negative", lambda d: d["tables"].update(icustays=-5))
+    with pytest.raises(ConfigError, match=rf"{negative}: tables\.icustays = -5: expected a whole number"):
+        write_synthetic(demo_fit, 10, SEED, tmp_path / "out", "parquet", show_progress=False, scale_to=str(negative))
+    typo = _target_file(tmp_path, "typo", lambda d: d["tables"].update(prescription=5))
+    with pytest.raises(ConfigError, match=rf"{typo}: tables\.prescription: not a table synth writes"):
+        write_synthetic(demo_fit, 10, SEED, tmp_path / "out", "parquet", show_progress=False, scale_to=str(typo))
+    with pytest.raises(ConfigError, match=r"--scale-to mimic-iv-9: unknown target name; expected one of mimic-iv-2\.2"):
+        write_synthetic(demo_fit, 10, SEED, tmp_path / "out", "parquet", show_progress=False, scale_to="mimic-iv-9")
+    assert not (tmp_path / "out").exists()
+    # The CLI refuses it before reading the source, with the same message and nothing written.
+    done = CliRunner().invoke(app, ["synth", "--patients", "5", "--out", str(tmp_path / "cli"), "--scale-to",
+                                    str(negative), "--like", str(DEMO), "--table-spec", str(TABLE_SPEC)])
+    said = " ".join(done.output.split())  # rich wraps the line
+    assert done.exit_code == 1 and "tables.icustays = -5" in said and not (tmp_path / "cli").exists()
