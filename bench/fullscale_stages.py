@@ -58,7 +58,9 @@ def synth_tables(patients: int, seed: int, fmt: str, scratch: Path, log_dir: Pat
     and no suffix, so the folders made before --scale-to existed stay valid).
 
     Returns the folder and the generation's measurement (None when it was cached)."""
-    suffix = "" if scale_to == "none" else f"-{Path(scale_to).stem}"
+    # A name as it is (mimic-iv-2.2: Path.stem would cut ".2"); a target file by its file name's stem.
+    label = Path(scale_to).stem if scale_to.endswith((".yaml", ".yml")) else Path(scale_to).name
+    suffix = "" if scale_to == "none" else f"-{label}"
     out = scratch / "synth" / f"n{patients}-s{seed}-{fmt.replace('.', '')}{suffix}"
     partial = out.with_name(out.name + ".partial")
     # Another run (an earlier benchmark started apart, say) may be writing these tables:
