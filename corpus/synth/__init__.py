@@ -145,7 +145,11 @@ def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: st
             "chunk_patients": CHUNK_PATIENTS,
             "fitted": rates,
             # The target, its file's sha256 and the knobs fitted to it (null: the source's shape).
-            "scale_to": scaling.record() if scaling is not None else None,
+            "scale_to": None if scaling is None else {
+                **scaling.record(),
+                # Not fitted (see corpus/synth/targets.py): set beside the target's admitted_patients.
+                "admitted_patients_expected": round(patients * scaling.admitted_share * float((generator.pat_k > 0).mean())),
+            },
             "rows": {name: writer.rows for name, writer in sorted(writers.items())},
             "not_written": sorted(set(fit.specs) - set(writers)),
         }
