@@ -148,7 +148,8 @@ def write_synthetic(fit: SourceFit, patients: int, seed: int, out: Path, fmt: st
             "scale_to": None if scaling is None else {
                 **scaling.record(),
                 # Not fitted (see corpus/synth/targets.py): set beside the target's admitted_patients.
-                "admitted_patients_expected": round(patients * scaling.admitted_share * float((generator.pat_k > 0).mean())),
+                "admitted_patients_expected": round(
+                    patients * scaling.admitted_share * float((generator.pat_k > 0).mean())),
             },
             "rows": {name: writer.rows for name, writer in sorted(writers.items())},
             "not_written": sorted(set(fit.specs) - set(writers)),
