@@ -5,6 +5,11 @@ The fit copies the source's shape; a small source (the demo: 2.75 admissions and
 (MIMIC-IV v2.2: 1.44 admissions and 394 lab events per patient). A target file
 (corpus/templates/synth_targets/<NAME>.yaml, or a user's own) gives the row
 counts of a release; for N patients each is scaled by N / tables.patients.
+mimic-iv-2.2's counts are the ones MIT-LCP/mimic-code's build check
+(mimic-iv/buildmimic/postgres/validate.sql) expects of a loaded database
+(its header names v2.1; other tools hard-code the same counts as v2.2's);
+they are not re-counted here. (Kept out of the file itself: its sha256 is
+recorded in synth.json, and the cached benchmark tables carry it.)
 
 The model, kept to three knobs so each is checkable against its target:
 
