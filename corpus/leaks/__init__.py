@@ -27,10 +27,12 @@ format). In short:
   span applying to it; the first rule in file order that fires is the
   verdict's ``rule``, with the matched text and its span;
 * when no rule fires, the learned second opinion (`corpus.leaks.classifier`,
-  char and word n-grams with the hinted answer and the allow spans read as
-  tokens, trained on the development rows only, threshold by leave-one-batch-out
-  cross-validation, shipped as corpus/templates/leak_classifier.json) drops the
-  row only above that threshold; its verdicts have ``part="classifier"``,
+  char and word n-grams and word n-grams of a cue view where reference nouns,
+  givenness cues and the narrator read as class tokens, with the hinted answer
+  and the allow spans read as tokens, trained on the development rows only,
+  threshold by leave-one-file-out cross-validation (`corpus.leaks.crossval`),
+  shipped as corpus/templates/leak_classifier.json) drops the row only above
+  that threshold; its verdicts have ``part="classifier"``,
   ``rule="learned_classifier"``.
 
 Usage::

@@ -6,20 +6,25 @@ and only a probability at or above a high threshold drops a row, so clean
 rationales that merely share words with leaks stay clean. Its verdicts say
 ``part="classifier"`` and name the sentence that scored highest.
 
-Two views of a rationale feed one logistic regression: TF-IDF over char_wb
-2-5-grams of the normalised text (robust to spelling and inflection) and over
+Three views of a rationale feed one logistic regression: TF-IDF over char_wb
+2-5-grams of the normalised text (robust to spelling and inflection), over
 word 1-3-grams of the spelling-corrected text (``Text.canon``: "anwser" reads
-as "answer"), so short phrases such as "with b locked in" weigh as phrases.
-Two substitutions make what is learned carry over to new wordings: the row's
+as "answer"), so short phrases such as "with b locked in" weigh as phrases,
+and over word 1-3-grams of a cue view: the word view with each word of a word
+class (leak_rules.yaml, ``classifier.word_classes``: reference nouns, givenness
+cues, aims, the narrator, "already/in advance") read as its class token, so
+"since the result is", "because the outcome was" and "as the reply is" share
+"since the qzref is"-like n-grams and a wording no writer used yet still
+scores. Two substitutions make what is learned carry over too: the row's
 hinted answer reads as one token (ANSWER_TOKEN: "since it is D," and "since
 the stay is 3 to 6 days," share "since ... qzans ,"), and the rules file's
 allow spans, the clinical uses of the reference words, read as another
 (ALLOWED_TOKEN), so "given his" or "hints at" is never leak evidence.
-Leave-one-batch-out cross-validation over the development rows (a batch: the
-rows one writer wrote in one go, the letters of their ids) chose C, the views
-and the threshold: the highest-recall threshold whose out-of-fold clean-dropped
-rate is at most 2% and that keeps the clinical probes of tests/test_leaks.py
-(leak_rules.yaml records the numbers; ``--cv`` prints them).
+Leave-one-file-out cross-validation over the development files (a file: the
+rows one writer wrote in one go; `corpus.leaks.crossval`) chose the views and
+the threshold: the highest-recall threshold at which the classifier alone
+drops at most 2% of the clean rows out of file and that keeps the clinical
+probes of tests/test_leaks.py (leak_rules.yaml records the numbers).
 
 The model ships as JSON (corpus/templates/leak_classifier.json), not a
 pickle: vocabulary, idf, weights and intercept are plain numbers that any
@@ -29,13 +34,13 @@ deterministically (liblinear, fixed order) with::
 
     python -m corpus.leaks.classifier corpus/templates/leak_classifier.json 0.8 \
         tests/data/leak_labelled.jsonl tests/data/leak_blind.jsonl tests/data/leak_dev2.jsonl \
-        tests/data/leak_blind2.jsonl tests/data/leak_dev3.jsonl
+        tests/data/leak_blind2.jsonl tests/data/leak_dev3.jsonl tests/data/leak_blind3.jsonl
 
 which trains on every row of the files given, in order (a row of a held-out part raises), and::
 
     python -m corpus.leaks.classifier --cv FILE.jsonl [FILE.jsonl ...]
 
-prints the leave-one-batch-out figures per threshold.
+prints the leave-one-file-out figures per threshold (`corpus.leaks.crossval`).
 """
 
 from __future__ import annotations
@@ -50,18 +55,21 @@ from pathlib import Path
 
 from corpus.errors import ConfigError
 
-FORMAT = 2
-# char: the normalised text; word: the spelling-corrected text. Sizes keep the file near 250 kB.
+FORMAT = 3
+# char: the normalised text; word: the spelling-corrected text; cue: the word view with each word of a
+# word class (leak_rules.yaml, classifier.word_classes) read as its class token. Sizes keep the file
+# near 350 kB.
 PARAMS = {"char": {"analyzer": "char_wb", "ngram_range": [2, 5], "max_features": 6000},
           "word": {"analyzer": "word", "ngram_range": [1, 3], "max_features": 3000},
+          "cue": {"analyzer": "word", "ngram_range": [1, 3], "max_features": 3000},
           "min_df": 2, "sublinear_tf": True, "C": 32.0, "class_weight": "balanced", "answer_token": True,
           "allowed_token": True}
-VIEWS = ("char", "word")
+VIEWS = ("char", "word", "cue")
 # word tokens keep one-letter words: the option letter ("it's c, so") is the signal
 _WORD_TOKENS = r"(?u)\b\w+\b"
 ANSWER_TOKEN = " qzans "  # what the hinted answer reads as (a token no rationale has)
 ALLOWED_TOKEN = " qzok "  # what an allow span (a clinical use of a reference word) reads as
-HELD_OUT_PARTS = ("blind3",)  # parts never trained on (tests/test_leaks.py measures them)
+HELD_OUT_PARTS = ("blind4",)  # parts never trained on (tests/test_leaks.py measures them)
 # top_sentence's pieces: each ends at any run of . ! ? or at a line break. Unlike the sentences of
 # corpus.leaks.text (. ! ? followed by whitespace), "4.2" and "e.g." split here.
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
@@ -85,30 +93,17 @@ def training_rows(paths) -> list[dict]:
     return rows
 
 
-def _hint(row: dict) -> tuple[str, str]:
+def hint_of(row: dict) -> tuple[str, str]:
     return row.get("hint") or "", row.get("answer") or ""
 
 
-def batch(row: dict) -> str:
-    """A row's batch: the letters its id starts with ("M" of "M017"); each batch was written in one go."""
-    found = re.match(r"[A-Za-z]+", str(row["id"]))
-    return found.group(0) if found else ""
-
-
-def out_of_fold(rows: list[dict], spelling, allow=()) -> list[float]:
-    """Leave-one-batch-out probabilities: each row scored by a model fitted on the other batches only."""
-    probabilities = [0.0] * len(rows)
-    for held in sorted({batch(row) for row in rows}):
-        train_rows = [row for row in rows if batch(row) != held]
-        # "params" as a shipped file has them: they tell the model to read the answer and allow tokens
-        model = LeakClassifier({"format": FORMAT, "threshold": 1.0, "params": PARAMS, **fit(
-            [row["rationale"] for row in train_rows], [row["leak"] for row in train_rows], spelling,
-            [_hint(row) for row in train_rows], allow)}, "", "", spelling, allow)
-        indices = [i for i, row in enumerate(rows) if batch(row) == held]
-        for i, p in zip(indices, model.probabilities([rows[i]["rationale"] for i in indices],
-                                                     [_hint(rows[i]) for i in indices])):
-            probabilities[i] = p
-    return probabilities
+def fitted(rows: list[dict], spelling, allow=(), classes=None, threshold: float = 1.0) -> "LeakClassifier":
+    """A model fitted on `rows` and loaded as a shipped file would be (what cross-validation scores with)."""
+    classes = dict(classes or {})
+    # "params" as a shipped file has them: they tell the model to read the answer and allow tokens
+    return LeakClassifier({"format": FORMAT, "threshold": threshold, "params": PARAMS, "word_classes": classes, **fit(
+        [row["rationale"] for row in rows], [row["leak"] for row in rows], spelling,
+        [hint_of(row) for row in rows], allow, classes)}, "", "", spelling, allow)
 
 
 def rows_sha256(rows: list[dict]) -> str:
@@ -132,7 +127,17 @@ def _vectorizer(view: str, vocabulary=None):
                            dtype=np.float64, **({"token_pattern": _WORD_TOKENS} if spec["analyzer"] == "word" else {}))
 
 
-def views(texts: list[str], spelling, hints=None, allow=()) -> dict[str, list[str]]:
+def class_regexes(classes: dict) -> tuple[tuple[re.Pattern, str], ...]:
+    """Each word class ({name: [word or phrase, ...]}) as one regex and its token (" qzNAME ")."""
+    out = []
+    for name in sorted(classes):
+        words = sorted({w.strip().lower() for w in classes[name] if w.strip()}, key=lambda w: (-len(w), w))
+        body = "|".join(r"\s+".join(re.escape(part) for part in w.split()) for w in words)
+        out.append((re.compile(rf"(?<![\w'])(?:{body})(?![\w'])"), f" qz{name} "))
+    return tuple(out)
+
+
+def views(texts: list[str], spelling, hints=None, allow=(), classes=()) -> dict[str, list[str]]:
     """Each view's input: char reads the normalised text, word the spelling-corrected one. With
     `hints` ((hint, answer) per text, or None), the row's hinted answer where it stands as the answer
     (its letter, Yes/No, the option's range: `corpus.leaks.filter.answer_regex`) reads as one token,
@@ -142,7 +147,12 @@ def views(texts: list[str], spelling, hints=None, allow=()) -> dict[str, list[st
 
     `allow`: the rules file's allow regexes; what they match (the clinical uses of the reference words:
     "given his", "hints at", "the correct dose", "justify my answer") reads as ALLOWED_TOKEN, so the
-    model does not learn those words as leak evidence from the rows where they stand next to a leak."""
+    model does not learn those words as leak evidence from the rows where they stand next to a leak.
+
+    `classes`: `class_regexes` of the word classes; the cue view is the word view with each class word
+    read as its class token ("since the result is" and "because the outcome was" both read "since the
+    qzref is"), so a reference noun next to a givenness cue is learned as a pattern of classes, not of
+    the words one writer happened to use."""
     from corpus.leaks.filter import answer_regex
     from corpus.leaks.text import Text
 
@@ -160,6 +170,9 @@ def views(texts: list[str], spelling, hints=None, allow=()) -> dict[str, list[st
             if regex is not None:
                 out["char"][i] = regex.sub(ANSWER_TOKEN, out["char"][i])
                 out["word"][i] = regex.sub(ANSWER_TOKEN, out["word"][i])
+    out["cue"] = list(out["word"])
+    for regex, token in classes:
+        out["cue"] = [regex.sub(token, text) for text in out["cue"]]
     return out
 
 
@@ -181,12 +194,13 @@ def _masked(text: str, spans) -> str:
     return "".join(pieces) + text[position:]
 
 
-def fit(texts: list[str], labels: list[bool], spelling, hints=None, allow=()) -> dict:
-    """A model (the JSON-able dict) trained on `texts` (raw rationales) and `labels`; `hints`: see `views`."""
+def fit(texts: list[str], labels: list[bool], spelling, hints=None, allow=(), classes=None) -> dict:
+    """A model (the JSON-able dict) trained on `texts` (raw rationales) and `labels`; `hints`, `classes`
+    (the word classes as a dict): see `views`."""
     import scipy.sparse as sparse
     from sklearn.linear_model import LogisticRegression
 
-    inputs, model, blocks = views(texts, spelling, hints, allow), {}, []
+    inputs, model, blocks = views(texts, spelling, hints, allow, class_regexes(classes or {})), {}, []
     for view in VIEWS:
         vectorizer = _vectorizer(view)
         blocks.append(vectorizer.fit_transform(inputs[view]))
@@ -206,16 +220,20 @@ def train(labelled, threshold: float) -> dict:
     """The shipped file's content: a model fitted on the development rows of the `labelled` files."""
     import sklearn
 
-    from corpus.leaks.rules import default_allow, default_spelling
+    from corpus.leaks.rules import default_allow, default_spelling, default_word_classes
 
     paths = [labelled] if isinstance(labelled, (str, Path)) else list(labelled)
     rows = training_rows(paths)
-    return {"format": FORMAT, "kind": "tfidf_char_wb_word_logreg", "params": PARAMS, "threshold": threshold,
+    classes = default_word_classes()
+    return {"format": FORMAT, "kind": "tfidf_char_wb_word_cue_logreg", "params": PARAMS, "threshold": threshold,
             "sklearn": sklearn.__version__,
             "trained_on": {"files": [Path(p).name for p in paths], "rows": len(rows),
                            "sha256": rows_sha256(rows)},
+            # the classes the cue view was made with travel with the model: a rules file of one's own
+            # cannot change what the shipped weights mean
+            "word_classes": classes,
             **fit([row["rationale"] for row in rows], [row["leak"] for row in rows], default_spelling(),
-                  [_hint(row) for row in rows], default_allow())}
+                  [hint_of(row) for row in rows], default_allow(), classes)}
 
 
 @dataclass
@@ -232,6 +250,7 @@ class LeakClassifier:
     def __post_init__(self):
         self.threshold = float(self.data["threshold"])
         self._vectorizers = None
+        self._classes = class_regexes(self.data.get("word_classes") or {})
 
     @classmethod
     def load(cls, path: str | Path, spelling=None, allow=()) -> "LeakClassifier":
@@ -263,7 +282,7 @@ class LeakClassifier:
                 self._vectorizers[view] = (vectorizer, np.asarray(part["coef"], dtype=float))
         params = self.data.get("params", {})  # a model trained without the tokens reads texts without them
         inputs = views(texts, self.spelling, hints if params.get("answer_token") else None,
-                       self.allow if params.get("allowed_token") else ())
+                       self.allow if params.get("allowed_token") else (), self._classes)
         return sum(vectorizer.transform(inputs[view]) @ coef for view, (vectorizer, coef) in self._vectorizers.items())
 
     def probabilities(self, texts: list[str], hints=None) -> list[float]:
@@ -284,41 +303,14 @@ class LeakClassifier:
         return start, end
 
 
-CV_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-
-
-def cross_validate(paths) -> list[str]:
-    """The table `--cv` prints: out-of-fold recall and clean-dropped rate per threshold, pooled and
-    per batch (each batch scored by a model fitted on the others)."""
-    from corpus.leaks.rules import default_allow, default_spelling
-
-    rows = training_rows(paths)
-    probabilities = out_of_fold(rows, default_spelling(), default_allow())
-    batches = sorted({batch(row) for row in rows})
-    lines = [f"{len(rows)} rows, {len(batches)} batches ({' '.join(batches)}); recall / clean dropped, out of fold",
-             "threshold  pooled         " + " ".join(f"{name:>11s}" for name in batches)]
-    for threshold in CV_THRESHOLDS:
-        cells = []
-        for name in [None, *batches]:
-            chosen = [(row["leak"], p) for row, p in zip(rows, probabilities) if name is None or batch(row) == name]
-            leaks = [p for leak, p in chosen if leak]
-            clean = [p for leak, p in chosen if not leak]
-            cells.append(f"{_rate(leaks, threshold)}/{_rate(clean, threshold)}")
-        lines.append(f"{threshold:<9.2f}  {cells[0]:<14s} " + " ".join(f"{cell:>11s}" for cell in cells[1:]))
-    return lines
-
-
-def _rate(values: list[float], threshold: float) -> str:
-    return f"{sum(v >= threshold for v in values) / len(values):.2f}" if values else "-"
-
-
 def main(argv: list[str] | None = None) -> int:
     """python -m corpus.leaks.classifier OUT.json THRESHOLD LABELLED.jsonl [LABELLED.jsonl ...]
     python -m corpus.leaks.classifier --cv LABELLED.jsonl [LABELLED.jsonl ...]"""
     args = sys.argv[1:] if argv is None else argv
     if len(args) >= 2 and args[0] == "--cv":
-        print("\n".join(cross_validate(args[1:])))
-        return 0
+        from corpus.leaks.crossval import main as cross_validate
+
+        return cross_validate(args[1:])
     if len(args) < 3:
         print(main.__doc__, file=sys.stderr)
         return 2

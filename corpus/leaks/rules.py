@@ -281,6 +281,20 @@ def default_allow() -> tuple[re.Pattern, ...]:
     return allow_regexes(_build(rule_entries, allow_entries)[1])
 
 
+def default_word_classes() -> dict[str, list[str]]:
+    """The packaged rules file's `classifier.word_classes` (what the classifier is trained with):
+    {class name: [word or phrase, ...]}; none: {}."""
+    found = _read_entries(DEFAULT_RULES, seen=())[3]
+    section = found[0] if found and isinstance(found[0], dict) else {}
+    classes = section.get("word_classes") or {}
+    if not isinstance(classes, dict) or not all(
+            isinstance(name, str) and re.fullmatch(r"[a-z]+", name) and isinstance(words, list) and words
+            and all(isinstance(w, str) and w.strip() for w in words) for name, words in classes.items()):
+        raise ConfigError(f"leak rules file {DEFAULT_RULES}: classifier `word_classes` must map lower-case "
+                          "letter names to non-empty lists of words")
+    return {name: [w.strip().lower() for w in classes[name]] for name in sorted(classes)}
+
+
 def allow_regexes(allow) -> tuple[re.Pattern, ...]:
     return tuple(regex for entry in allow for regex in entry.regexes)
 
