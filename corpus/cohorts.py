@@ -20,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpus.atomic import atomic_dir, write_json
@@ -60,9 +61,13 @@ def build_cohorts(
     """Run the stage; returns the summary also written to `summary_path`."""
     con = connect(db)
     _register_warehouse(con, Path(warehouse))
-    con.execute(f"CREATE TABLE visit_lists AS {sql_file('visit_lists')}")
+    # Item lists are built once, as integer ids (item_names.sql, visit_items.sql); the
+    # admissions and labels never carry them, and names replace the ids only in the
+    # one query that writes visits.parquet.
+    con.execute(sql_file("item_names"))
+    con.execute(f"CREATE TEMP TABLE visit_items AS {sql_file('visit_items')}")
     con.execute(
-        f"CREATE TABLE cohort_visits AS {sql_file('cohort_visits')}",
+        f"CREATE TEMP TABLE cohort_visits AS {sql_file('cohort_visits')}",
         {"adults_only": config.label_convention == "pyhealth"},
     )
     params = {
@@ -72,9 +77,7 @@ def build_cohorts(
     }
     summary: dict = {"label_convention": config.label_convention, "tasks": {}}
     with atomic_dir(out) as staging:
-        visits = con.sql(
-            f"SELECT {', '.join(VISIT_COLUMNS)} FROM cohort_visits ORDER BY subject_id, visit_index"
-        ).to_arrow_table()
+        visits = con.sql(sql_file("visit_lists")).to_arrow_table()  # VISIT_COLUMNS, in order
         _write(visits, staging / "visits.parquet")
         for task in TASKS:
             rows = con.sql(sql_file(f"label_{task}"), params=params[task]).to_arrow_table()
@@ -88,7 +91,7 @@ def build_cohorts(
             )
             summary["tasks"][task] = {
                 "samples": rows.num_rows,
-                "patients": len(set(rows.column("subject_id").to_pylist())),
+                "patients": pc.count_distinct(rows.column("subject_id")).as_py(),
                 "by_label": {str(k): int(v) for k, v in counts.items()},
             }
         summary["qualifying_visits"] = visits.num_rows

@@ -50,9 +50,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import polars as pl
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import adjusted_mutual_info_score
-from sklearn.mixture import GaussianMixture
 
 from corpus.atomic import canonical_json
 from corpus.errors import ConfigError
@@ -229,6 +226,11 @@ def range_options(values: np.ndarray, n_options: int, components: int, seed: int
     distinct = np.unique(values)
     if len(distinct) < n_options:
         return None
+    # Imported here, not at module level: scikit-learn takes ~2 s to import and the
+    # questions stage imports this module even when no registry questions are asked.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
     mixture = GaussianMixture(n_components=min(components, len(distinct)), random_state=seed, max_iter=500)
     with warnings.catch_warnings():
         # a mixture that stops early still gives usable means; the boundaries are checked below
@@ -283,6 +285,8 @@ class MutualInformation:
         if key not in self._cache:
             x, y = self._codes[key[0]], self._codes[key[1]]
             both = (x >= 0) & (y >= 0)
+            from sklearn.metrics import adjusted_mutual_info_score  # lazily: see range_options
+
             # Never recorded together: one can never be shown while the other is hidden.
             self._cache[key] = float(adjusted_mutual_info_score(x[both], y[both])) if both.sum() >= 2 else 0.0
         return self._cache[key]

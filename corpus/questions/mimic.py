@@ -11,7 +11,7 @@ import yaml
 
 from corpus.config import CohortConfig
 from corpus.errors import SourceError
-from corpus.questions.context import Visit, render_context
+from corpus.questions.context import Visit, render_visit
 from corpus.questions.record import lettered, make_question, template_hash
 from corpus.questions.sampling import SamplingPolicy, sample_cohort
 
@@ -66,18 +66,42 @@ def _visits_by_patient(
 
     if not visits_path.exists():
         raise SourceError(f"{visits_path}: cohort visits not found (run the cohorts stage first)")
-    visits = pl.read_parquet(visits_path)
+    visits = pl.scan_parquet(visits_path)
     if subjects is not None:
-        # A capped recipe asks about a fraction of the patients: build only their histories.
-        visits = visits.filter(pl.col("subject_id").is_in(pl.Series(sorted(subjects), dtype=visits["subject_id"].dtype)))
-    visits = visits.sort(["subject_id", "visit_index"])
+        # A capped recipe asks about a fraction of the patients: read only their histories
+        # (the filter is pushed into the parquet scan, so the other rows' lists are never built).
+        wanted = pl.Series(sorted(subjects), dtype=visits.collect_schema()["subject_id"])
+        visits = visits.filter(pl.col("subject_id").is_in(wanted.implode()))
+    visits = visits.sort(["subject_id", "visit_index"]).collect()
     history: dict[int, list[Visit]] = {}
-    for row in visits.iter_rows(named=True):
-        patient = history.setdefault(row["subject_id"], [])
-        if row["visit_index"] != len(patient):
-            raise SourceError(f"{visits_path}: subject {row['subject_id']} visit_index {row['visit_index']} out of order")
-        patient.append(Visit(shown(row["conditions"]), shown(row["procedures"]), shown(row["medications"])))
+    columns = [visits[c].to_list() for c in ("subject_id", "visit_index", "conditions", "procedures", "medications")]
+    for subject, index, conditions, procedures, medications in zip(*columns):
+        patient = history.get(subject)
+        if patient is None:
+            patient = history[subject] = []
+        if index != len(patient):
+            raise SourceError(f"{visits_path}: subject {subject} visit_index {index} out of order")
+        patient.append(Visit(shown(conditions), shown(procedures), shown(medications)))
     return history, withheld
+
+
+class _Contexts:
+    """Context texts from the patients' visits: each visit is rendered once (its text depends
+    only on it and the visit before), and a context is the header plus visits 0..i."""
+
+    def __init__(self, history: dict[int, list[Visit]], wording: dict, visits_path: Path) -> None:
+        self._history, self._wording, self._path = history, wording, visits_path
+        self._texts: dict[int, list[str]] = {}
+
+    def __call__(self, subject: int, visit_index: int) -> str:
+        visits = self._history.get(subject)
+        if visits is None or visit_index >= len(visits):
+            raise SourceError(f"{self._path}: no visit {visit_index} of subject {subject} (cohorts out of date?)")
+        texts = self._texts.setdefault(subject, [])
+        while len(texts) <= visit_index:
+            j = len(texts)
+            texts.append(render_visit(j, visits[j], visits[j - 1] if j else None, self._wording))
+        return self._wording["header"] + "".join(texts[: visit_index + 1])
 
 
 def build_mimic_questions(
@@ -100,8 +124,9 @@ def build_mimic_questions(
             raise SourceError(f"{cohort_path}: cohort for task {task} not found (run the cohorts stage first)")
         chosen_by_task[task] = sample_cohort(pl.read_parquet(cohort_path), policies[task], seed)
     subjects = {s for chosen in chosen_by_task.values() for s in chosen["subject_id"].to_list()}
-    history, _ = _visits_by_patient(Path(cohorts_dir) / "visits.parquet", wording.get("withhold_patterns", []),
-                                    subjects)
+    visits_path = Path(cohorts_dir) / "visits.parquet"
+    history, _ = _visits_by_patient(visits_path, wording.get("withhold_patterns", []), subjects)
+    context_of = _Contexts(history, wording["context"], visits_path)
     questions = []
     for task, chosen in chosen_by_task.items():
         task_wording = wording["tasks"][task]
@@ -111,23 +136,23 @@ def build_mimic_questions(
             question_text = "\n".join([question_text, task_wording["options_intro"], *options])
         else:
             options = [task_wording["positive_option"], task_wording["negative_option"]]
-        for row in chosen.iter_rows(named=True):
-            label = int(row["label"])
+        columns = [chosen[c].to_list() for c in ("subject_id", "hadm_id", "visit_index", "label", "label_convention")]
+        for subject, hadm, visit_index, label, convention in zip(*columns):
+            label = int(label)
             if task == "los":
                 answer = options[label]
             else:
                 answer = options[0] if label == 1 else options[1]
-            context = render_context(history[row["subject_id"]][: row["visit_index"] + 1], wording["context"])
             questions.append(
                 make_question(
                     task=task,
-                    subject_id=row["subject_id"],
-                    hadm_id=row["hadm_id"],
-                    context=context,
+                    subject_id=subject,
+                    hadm_id=hadm,
+                    context=context_of(subject, visit_index),
                     question=question_text,
                     options=options,
                     answer=answer,
-                    label_convention=row["label_convention"],
+                    label_convention=convention,
                     template_hash=wording_hash,
                 )
             )

@@ -47,10 +47,17 @@ def assign_splits(questions: list[dict], fractions, seed: int) -> pl.DataFrame:
     keys = {patient_key(q) for q in questions}
     for source in sorted({key.split(":", 1)[0] for key in keys}):
         assignment.update(split_patients((k for k in keys if k.startswith(source + ":")), fractions, seed))
-    rows = [{**q, "split": assignment[patient_key(q)]} for q in questions]
-    rows.sort(key=lambda q: q["id"])
-    table = pa.Table.from_pylist([{f: r[f] for f in QUESTION_FIELDS} for r in rows], schema=QUESTION_SCHEMA)
-    return pl.from_arrow(table)
+    # Built column by column in id order: tens of thousands of long contexts would
+    # otherwise be copied into one dict per row first.
+    order = sorted(range(len(questions)), key=lambda i: questions[i]["id"])
+    columns = {}
+    for field in QUESTION_FIELDS:
+        if field == "split":
+            values = [assignment[patient_key(questions[i])] for i in order]
+        else:
+            values = [questions[i][field] for i in order]
+        columns[field] = pa.array(values, type=QUESTION_SCHEMA.field(field).type)
+    return pl.from_arrow(pa.table(columns, schema=QUESTION_SCHEMA))
 
 
 def _with_contract_columns(frame: pl.DataFrame, policies: dict[str, SamplingPolicy]) -> pl.DataFrame:
