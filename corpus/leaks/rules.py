@@ -173,7 +173,7 @@ class LeakRules:
 
     def why(self, name: str) -> str:
         if name == self.CLASSIFIER_RULE:
-            return "the learned second opinion (char n-grams) scored the rationale as a leak; no rule fired"
+            return "the learned second opinion (char, word and cue-class n-grams) scored the rationale as a leak; no rule fired"
         return next((rule.why for rule in self.rules if rule.name == name), "")
 
     @property
