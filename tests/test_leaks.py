@@ -440,6 +440,13 @@ def test_leave_one_file_out_scores_each_file_with_a_model_not_fitted_on_it(rules
     assert both != pytest.approx(expected)
     assert folds["one.jsonl"]["fired"] == [LeakFilter(replace(rules, classifier=None)).check(
         r["rationale"], r["hint"], r["answer"]).leak for r in one]
+    # the printed table: one row for the rules alone, one per threshold, each file's cell from its fold
+    from corpus.leaks.crossval import THRESHOLDS, _cell, counts, table
+
+    lines = table(folds)
+    assert lines[1].split()[-2:] == ["one", "two"] and len(lines) == 3 + len(THRESHOLDS) + 1
+    assert lines[2].split()[-1] == _cell(counts(folds["two.jsonl"], None))
+    assert lines[-1].startswith("chosen threshold")
 
 
 def test_threshold_is_chosen_on_out_of_file_clean_drops():
