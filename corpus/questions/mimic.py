@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from importlib import resources
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import yaml
 
 from corpus.config import CohortConfig
 from corpus.errors import SourceError
-from corpus.questions.context import Visit, render_visit
+from corpus.questions.context_frame import visit_texts, withhold
 from corpus.questions.record import lettered, make_question, template_hash
 from corpus.questions.sampling import SamplingPolicy, sample_cohort
 
@@ -41,29 +40,8 @@ def los_option_texts(bins: tuple[int, ...], wording: dict) -> list[str]:
     return texts
 
 
-def _visits_by_patient(
-    visits_path: Path, withhold: list[str], subjects: set[int] | None = None
-) -> tuple[dict[int, list[Visit]], int]:
-    """Each patient's qualifying visits in order (only `subjects`' when given), and how many
-    items were withheld as outcome-revealing."""
-    patterns = [re.compile(p) for p in withhold]
-    withheld = 0
-    # Names repeat across visits (a few thousand codes and drugs over millions of
-    # items), so each distinct name is matched against the patterns once.
-    hidden: dict[str, bool] = {}
-
-    def is_hidden(name: str) -> bool:
-        flag = hidden.get(name)
-        if flag is None:
-            flag = hidden[name] = any(p.search(name) for p in patterns)
-        return flag
-
-    def shown(names: list[str]) -> list[str]:
-        nonlocal withheld
-        kept = [n for n in names if not is_hidden(n)]
-        withheld += len(names) - len(kept)
-        return kept
-
+def _read_visits(visits_path: Path, subjects: set[int] | None) -> pl.DataFrame:
+    """The qualifying visits of `subjects` (all when None), sorted by patient and visit_index."""
     if not visits_path.exists():
         raise SourceError(f"{visits_path}: cohort visits not found (run the cohorts stage first)")
     visits = pl.scan_parquet(visits_path)
@@ -73,35 +51,34 @@ def _visits_by_patient(
         wanted = pl.Series(sorted(subjects), dtype=visits.collect_schema()["subject_id"])
         visits = visits.filter(pl.col("subject_id").is_in(wanted.implode()))
     visits = visits.sort(["subject_id", "visit_index"]).collect()
-    history: dict[int, list[Visit]] = {}
-    columns = [visits[c].to_list() for c in ("subject_id", "visit_index", "conditions", "procedures", "medications")]
-    for subject, index, conditions, procedures, medications in zip(*columns):
-        patient = history.get(subject)
-        if patient is None:
-            patient = history[subject] = []
-        if index != len(patient):
-            raise SourceError(f"{visits_path}: subject {subject} visit_index {index} out of order")
-        patient.append(Visit(shown(conditions), shown(procedures), shown(medications)))
-    return history, withheld
+    gaps = visits.filter(pl.col("visit_index") != pl.int_range(pl.len()).over("subject_id"))
+    if gaps.height:
+        row = gaps.row(0, named=True)
+        raise SourceError(f"{visits_path}: subject {row['subject_id']} visit_index {row['visit_index']} out of order")
+    return visits
 
 
 class _Contexts:
-    """Context texts from the patients' visits: each visit is rendered once (its text depends
-    only on it and the visit before), and a context is the header plus visits 0..i."""
+    """Context texts of the patients' visits: each visit's text is rendered once, for all
+    visits together (context_frame.visit_texts), and a context is the header plus the
+    texts of visits 0..i."""
 
-    def __init__(self, history: dict[int, list[Visit]], wording: dict, visits_path: Path) -> None:
-        self._history, self._wording, self._path = history, wording, visits_path
-        self._texts: dict[int, list[str]] = {}
+    def __init__(self, visits: pl.DataFrame, wording: dict, visits_path: Path) -> None:
+        self._header, self._path = wording["header"], visits_path
+        self._texts = visit_texts(visits, wording)
+        subjects = visits["subject_id"].to_list()
+        self._start: dict[int, int] = {}
+        self._count: dict[int, int] = {}
+        for row, subject in enumerate(subjects):
+            if subject not in self._start:
+                self._start[subject] = row
+            self._count[subject] = self._count.get(subject, 0) + 1
 
     def __call__(self, subject: int, visit_index: int) -> str:
-        visits = self._history.get(subject)
-        if visits is None or visit_index >= len(visits):
+        if visit_index >= self._count.get(subject, 0):
             raise SourceError(f"{self._path}: no visit {visit_index} of subject {subject} (cohorts out of date?)")
-        texts = self._texts.setdefault(subject, [])
-        while len(texts) <= visit_index:
-            j = len(texts)
-            texts.append(render_visit(j, visits[j], visits[j - 1] if j else None, self._wording))
-        return self._wording["header"] + "".join(texts[: visit_index + 1])
+        start = self._start[subject]
+        return self._header + "".join(self._texts[start : start + visit_index + 1])
 
 
 def build_mimic_questions(
@@ -125,8 +102,8 @@ def build_mimic_questions(
         chosen_by_task[task] = sample_cohort(pl.read_parquet(cohort_path), policies[task], seed)
     subjects = {s for chosen in chosen_by_task.values() for s in chosen["subject_id"].to_list()}
     visits_path = Path(cohorts_dir) / "visits.parquet"
-    history, _ = _visits_by_patient(visits_path, wording.get("withhold_patterns", []), subjects)
-    context_of = _Contexts(history, wording["context"], visits_path)
+    visits, _ = withhold(_read_visits(visits_path, subjects), wording.get("withhold_patterns", []))
+    context_of = _Contexts(visits, wording["context"], visits_path)
     questions = []
     for task, chosen in chosen_by_task.items():
         task_wording = wording["tasks"][task]
