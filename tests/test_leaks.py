@@ -409,6 +409,28 @@ def test_classifier_cue_view_reads_word_classes_as_tokens(rules):
     assert "outcome" not in seen[0] and "result" not in seen[1]
 
 
+def test_classifier_scores_are_sklearns(rules):
+    """The filter's own TF-IDF scoring gives the probabilities scikit-learn's vectorizers give for the
+    shipped model (vocabulary, idf and weights of the file), on development rows of every task."""
+    import numpy as np
+
+    from corpus.leaks.classifier import VIEWS, _vectorizer, hint_of, views
+
+    model = rules.classifier
+    rows = _development()[::12]
+    texts, hints = [row["rationale"] for row in rows], [hint_of(row) for row in rows]
+    inputs = views(texts, model.spelling, hints, model.allow, model._classes)
+    total = np.zeros(len(rows))
+    for view in VIEWS:
+        part = model.data[view]
+        vectorizer = _vectorizer(view, {gram: i for i, gram in enumerate(part["vocabulary"])})
+        vectorizer.idf_ = np.asarray(part["idf"], dtype=float)
+        total += vectorizer.transform(inputs[view]) @ np.asarray(part["coef"], dtype=float)
+    expected = 1.0 / (1.0 + np.exp(-(total + model.data["intercept"])))
+    assert model.probabilities(texts, hints) == pytest.approx(expected.tolist(), abs=1e-12)
+    assert len({round(p, 3) for p in expected}) > 20  # the rows are scored differently: a real comparison
+
+
 def test_classifier_never_trains_on_held_out_rows(tmp_path):
     from corpus.leaks.classifier import training_rows
 
