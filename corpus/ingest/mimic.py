@@ -8,6 +8,8 @@ reason). Nothing is dropped silently: excluded rows are written with their
 reason and source row number; other values that do not parse are kept as null,
 counted and logged. A required table without rows, or an unparseable value in
 a column the spec marks strict, stops the stage with an error naming the file.
+How a table is read (a quick path for clean tables, the careful one for the rest)
+is corpus.ingest.table; the order, two tables at a time, corpus.ingest.schedule.
 
 Output layout (written to a temporary folder and swapped in only when complete):
 

@@ -76,31 +76,37 @@ def run_tables(
             with lock:
                 free.append(cursor)
 
+    pool = ThreadPoolExecutor(max_workers=len(cursors))
     try:
-        with ThreadPoolExecutor(max_workers=len(cursors)) as pool:
-            while pending or running:
-                first_error = min((order[n] for n in errors), default=len(specs))
-                # After a failure, only tables listed before it still run (a dependency
-                # failed means its dependents cannot: they are listed after it).
-                pending = [s for s in pending if order[s.name] < first_error and not (deps[s.name] & errors.keys())]
-                ready = sorted((s for s in pending if deps[s.name] <= done.keys()),
-                               key=lambda s: (-weight[s.name], order[s.name]))
-                while ready and free:
-                    spec = ready.pop(0)
-                    pending.remove(spec)
-                    with lock:
-                        cursor = free.pop()
-                    running[pool.submit(task, cursor, spec)] = spec.name
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    name = running.pop(future)
-                    try:
-                        done[name] = future.result()
-                    except BaseException as exc:  # noqa: BLE001 -- re-raised below, in spec order
-                        errors[name] = exc
+        while pending or running:
+            first_error = min((order[n] for n in errors), default=len(specs))
+            # After a failure, only tables listed before it still run (a dependency
+            # failed means its dependents cannot: they are listed after it).
+            pending = [s for s in pending if order[s.name] < first_error and not (deps[s.name] & errors.keys())]
+            ready = sorted((s for s in pending if deps[s.name] <= done.keys()),
+                           key=lambda s: (-weight[s.name], order[s.name]))
+            while ready and free:
+                spec = ready.pop(0)
+                pending.remove(spec)
+                with lock:
+                    cursor = free.pop()
+                running[pool.submit(task, cursor, spec)] = spec.name
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                try:
+                    done[name] = future.result()
+                except BaseException as exc:  # noqa: BLE001 -- re-raised below, in spec order
+                    errors[name] = exc
+    except BaseException:
+        # Interrupted (Ctrl-C) while tables run: stop their queries rather than wait them out.
+        for cursor in cursors:
+            cursor.interrupt()
+        raise
     finally:
+        pool.shutdown(wait=True)
         for cursor in cursors:
             cursor.close()
     if errors:
