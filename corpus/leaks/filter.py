@@ -206,12 +206,21 @@ def _range_forms(option: str) -> set[str]:
         return set()
     found = set()
     for tokens in (core, words):
-        for variant in (tokens, [re.sub(r"^(-?\d+)\.0$", r"\1", w) for w in tokens]):
+        for variant in (tokens, [_strip_zeros(w) for w in tokens]):
             spelled = [_NUMBER_WORDS[int(w)] if w.isdigit() and int(w) < len(_NUMBER_WORDS) else w for w in variant]
             for form in (variant, spelled):
                 if len(form) >= 2:
                     found.add(" ".join(form))
+            # "140 to 199" is also written "140-199" (an en dash reads as "-" once normalised)
+            if len(variant) >= 3 and variant[1] == "to" and _NUMBER.fullmatch(variant[0]) and _NUMBER.fullmatch(variant[2]) \
+                    and not variant[2].startswith("-"):
+                found.add(" ".join([f"{variant[0]}-{variant[2]}", *variant[3:]]))
     return found
+
+
+def _strip_zeros(word: str) -> str:
+    """ "4.0" -> "4", "0.70" -> "0.7": a rationale drops the zeros an option's band is written with."""
+    return word.rstrip("0").rstrip(".") if re.fullmatch(r"-?\d+\.\d+", word) else word
 
 
 def _quote(rule: LeakRule, text: str, parts: _HintParts, spans: "_LazySpans") -> tuple[int, int] | None:
