@@ -37,7 +37,9 @@ repro: install
 
 test: install
 	# Three workers on two cores: much of the suite waits on stage subprocesses' imports.
-	$(BIN)/python -m pytest -q -n 3 tests
+	# One test file per unit of work, in collection order: tests/conftest.py puts the longest
+	# files first (LONGEST_FIRST) and each file's module fixtures are built once.
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder tests
 
 bench: install
 	$(BIN)/python bench/run_all.py

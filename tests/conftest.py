@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,28 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 requires_demo = pytest.mark.skipif(not DEMO.is_dir(), reason=f"{DEMO} not found")
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """`build(folder)` run once per test run, its folder shared by every xdist worker.
+
+    Built in place (what it builds may record its own absolute paths, as DVC deps do) and
+    marked complete last, so a worker that failed part-way leaves nothing another would
+    take for finished: the next one clears the folder and builds again."""
+    if worker_id == "master":  # no xdist: this process is the only reader
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above every worker's own
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def duckdb_config():
     from corpus.config import DuckDBConfig
@@ -31,33 +55,48 @@ def duckdb_config():
 
 
 @pytest.fixture(scope="session")
-def demo_warehouse(tmp_path_factory, duckdb_config) -> Path:
-    """The demo ingested once per test session: data/warehouse/mimic equivalent."""
+def demo_warehouse(tmp_path_factory, duckdb_config, worker_id) -> Path:
+    """The demo ingested once per test run (every xdist worker reads the one copy; read-only):
+    data/warehouse/mimic equivalent."""
     if not DEMO.is_dir():
         pytest.skip(f"{DEMO} not found")
     from corpus.ingest.mimic import ingest_mimic
 
-    root = tmp_path_factory.mktemp("warehouse")
-    ingest_mimic(DEMO, TABLE_SPEC, root / "mimic", root / "ingest_report.json", duckdb_config,
-                 details_path=root / "ingest_details.json")
-    return root / "mimic"
+    def ingest(root: Path) -> None:
+        ingest_mimic(DEMO, TABLE_SPEC, root / "mimic", root / "ingest_report.json", duckdb_config,
+                     details_path=root / "ingest_details.json")
+
+    return built_once(tmp_path_factory, worker_id, "warehouse", ingest) / "mimic"
 
 
 @pytest.fixture(scope="session")
-def demo_cohorts(tmp_path_factory, demo_warehouse, duckdb_config):
-    """Cohorts of the demo under each label convention: {convention: folder}."""
+def data_stages_repo(tmp_path_factory, worker_id) -> Path:
+    """A fresh git + DVC copy of this repository after its first `dvc repro questions`, built
+    once per test run (tests/dvc_repos.py): {folder}/repo, {folder}/registry. Read-only:
+    tests that change it work in a copy (tests.dvc_repos.copy_repo)."""
+    if not (DEMO.is_dir() and SEPSIS.is_dir()):
+        pytest.skip(f"{DEMO} or {SEPSIS} not found")
+    from tests.dvc_repos import build_data_stages_repo
+
+    return built_once(tmp_path_factory, worker_id, "data-stages", build_data_stages_repo)
+
+
+@pytest.fixture(scope="session")
+def demo_cohorts(tmp_path_factory, demo_warehouse, duckdb_config, worker_id):
+    """Cohorts of the demo under each label convention, built once per test run (read-only):
+    {convention: folder}."""
     from corpus.cohorts import build_cohorts
     from corpus.config import CohortConfig
 
-    folders = {}
-    for convention in ("kare", "pyhealth"):
-        root = tmp_path_factory.mktemp(f"cohorts-{convention}")
-        build_cohorts(
-            demo_warehouse, root / "cohorts", root / "summary.json", CohortConfig(label_convention=convention),
-            duckdb_config,
-        )
-        folders[convention] = root / "cohorts"
-    return folders
+    conventions = ("kare", "pyhealth")
+
+    def build(root: Path) -> None:
+        for convention in conventions:
+            build_cohorts(demo_warehouse, root / convention / "cohorts", root / convention / "summary.json",
+                          CohortConfig(label_convention=convention), duckdb_config)
+
+    root = built_once(tmp_path_factory, worker_id, "cohorts", build)
+    return {convention: root / convention / "cohorts" for convention in conventions}
 
 
 # --- the CPU the suite runs on ------------------------------------------------------------
@@ -133,3 +172,19 @@ def wide_tiny_model(tmp_path_factory) -> Path:
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("wide"), hidden_size=128, heads=2, kv_heads=1)
+
+
+# --- scheduling under pytest-xdist ------------------------------------------------------
+# `make test` runs `-n 3 --dist loadfile --no-loadscope-reorder`: each test file is one
+# worker's unit (its module fixtures are built once), handed out in collection order. These
+# files take most of the suite's time, the first by far (a two-round `dvc repro`, a chain of
+# stage processes no worker can share); sent first, longest first, they start at once and the
+# many short files fill the workers around them. Order only: no test depends on it.
+LONGEST_FIRST = ("test_loop_e2e.py", "test_openvino.py", "test_sample_stage.py", "test_pipeline_dvc.py",
+                 "test_synth.py", "test_baseline.py", "test_train.py", "test_registry.py", "test_openai_pool.py",
+                 "test_hf_sampler.py", "test_leaks.py", "test_ingest.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import DEMO, SEPSIS, requires_demo
-from tests.test_pipeline_dvc import _clean_copy, _sh
+from tests.conftest import requires_demo
+from tests.dvc_repos import FIRST_REPRO_LOG, copy_repo, sh as _sh
 from tests.tiny_model import build_tiny_model, warm_up_boxed
 
 pytestmark = requires_demo
@@ -22,10 +22,9 @@ TASKS = {"los", "masked_value", "mortality", "readmission"}
 HEADLINE = {"accuracy", "macro_f1", "parse_failure_rate"}
 
 
-def _loop_params(params: dict, base: Path, registry: Path) -> dict:
-    params["mimic"]["source"] = str(DEMO)
-    params["registry"]["source"] = str(registry)
-    params["masked_value"]["questions_per_feature"] = 1
+def _loop_params(params: dict, base: Path) -> dict:
+    # The data stages' params (demo, 300 registry stays, one question per feature) are
+    # tests.dvc_repos.clean_copy's, already reproduced.
     params["base_model"]["source"] = str(base)
     params["rounds"] = {"1": {"generator": "models/base"}, "2": {"generator": "models/round-1/dpo"}}
     # Registry questions only are sampled: their prompts are short enough for a tiny
@@ -49,18 +48,14 @@ def _loop_params(params: dict, base: Path, registry: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def loop_repo(tmp_path_factory) -> Path:
+def loop_repo(tmp_path_factory, data_stages_repo) -> Path:
     root = tmp_path_factory.mktemp("loop")
-    repo = _clean_copy(root / "repo")
-    # The first 300 registry stays, linked in place (the data are read, never copied).
-    registry = root / "registry"
-    registry.mkdir()
-    for stay in sorted((SEPSIS / "training_setB").glob("*.psv"))[:300]:
-        (registry / stay.name).symlink_to(stay)
-    params = _loop_params(yaml.safe_load((repo / "params.yaml").read_text()), root / "base", registry)
+    # The data stages' repro is shared with test_pipeline_dvc (tests/dvc_repos.py); its log starts ours.
+    repo = copy_repo(data_stages_repo, root / "repo")
+    log = (data_stages_repo / FIRST_REPRO_LOG).read_text()
+    params = _loop_params(yaml.safe_load((repo / "params.yaml").read_text()), root / "base")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh(["git", "commit", "-qam", "the loop's params"], repo)
-    log = _sh(["dvc", "repro", "questions"], repo)
     # The base: a tiny model whose tokenizer knows the questions' words, warmed up to box an
     # option label on the questions it will be asked (some right, some wrong: pairs exist).
     questions = pl.concat([pl.read_parquet(repo / "data" / "questions" / f"{split}.parquet")

@@ -114,15 +114,16 @@ def test_stage_killed_and_resumed_reuses_the_cache_and_gives_the_same_bytes(tmp_
     from corpus.questions.mimic import MIMIC_TASKS, build_mimic_questions
     from corpus.questions.question_sets import publish_question_sets
     from corpus.questions.sampling import SamplingPolicy
-    from tests.test_sample_stage import QUESTIONS as N, K, _finish, _kill_once_cached, _stage, _stats, _workdir
+    from tests.test_sample_stage import QUESTIONS as N, K, _kill_once_cached, _run_in_process, _stats, _workdir
 
     model, _, _ = tiny_ir
     policies = {t: SamplingPolicy() for t in MIMIC_TASKS}
     publish_question_sets(build_mimic_questions(demo_cohorts["kare"], policies, CohortConfig(), 13), policies,
                           (0.8, 0.1, 0.1), 13, tmp_path / "questions")
     settings = {"backend": "openvino", "max_new_tokens": 96, "openvino": {"cache_size_gb": 1, "threads": 1}}
+    # Only the killed run is a child process (tests/test_sample_stage.py says why).
     whole = _workdir(tmp_path / "whole", model, tmp_path / "questions", **settings)
-    _finish(_stage(whole))
+    _run_in_process(whole)
     total = N * K
     assert _stats(whole)["generation"]["generated"] == total
     assert _stats(whole)["generator"]["backend"] == "openvino"
@@ -130,7 +131,7 @@ def test_stage_killed_and_resumed_reuses_the_cache_and_gives_the_same_bytes(tmp_
     killed = _workdir(tmp_path / "killed", model, tmp_path / "questions", **settings)
     done = _kill_once_cached(killed)
     assert 0 < done < total, "the kill should land part-way"
-    _finish(_stage(killed))
+    _run_in_process(killed)
     # The re-run takes what the killed run flushed from the content cache, and draws only the rest.
     assert _stats(killed)["generation"] == {**_stats(killed)["generation"], "cached": done, "generated": total - done}
     samples = Path("data/rounds/1/samples.parquet")

@@ -2,65 +2,53 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
+import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
 
-from tests.conftest import DEMO, REPO, SEPSIS, requires_demo
+from tests.conftest import requires_demo
+from tests.dvc_repos import clean_copy, sh as _sh
 
 pytestmark = requires_demo
 
+DATA_STAGES = ("ingest", "cohorts", "registry", "questions")
 
-def _sh(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout if stdout_only else done.stdout + done.stderr
+
+class Pipeline(NamedTuple):
+    repo: Path
+    first_repro: str  # the output of its first `dvc repro questions`
+    first_hashes: dict[str, str]  # the data stages' out hashes in dvc.lock after it
+    first_params: str  # params.yaml then (a test changes it later)
 
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory) -> Path:
-    """A copy of this repository (tracked and unignored files) as a new git repo with DVC."""
-    return _clean_copy(tmp_path_factory.mktemp("repo"))
+def pipeline(tmp_path_factory, data_stages_repo) -> Pipeline:
+    """A copy of this repository (tracked and unignored files) as a new git repo with DVC, its
+    data stages reproduced once, with the same params as the shared `data_stages_repo`."""
+    repo = clean_copy(tmp_path_factory.mktemp("repo") / "repo", data_stages_repo / "registry")
+    first = _sh(["dvc", "repro", "questions"], repo)
+    return Pipeline(repo, first, _out_hashes(repo), (repo / "params.yaml").read_text())
 
 
-def _clean_copy(root: Path) -> Path:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split()
-    for name in listed:
-        if name.startswith(("data/", "metrics/")) or name == "dvc.lock":
-            continue
-        source = REPO / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["mimic"]["source"] = str(DEMO)
-    params["registry"]["source"] = str(SEPSIS / "training_setB")
-    params["masked_value"]["questions_per_feature"] = 2  # keeps the test quick; the count is not under test
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _sh(["git", "init", "-q"], root)
-    if not (root / ".dvc").is_dir():
-        _sh(["dvc", "init", "-q"], root)
-    _sh(["git", "add", "-A"], root)
-    _sh(["git", "commit", "-qm", "init"], root)
-    return root
+@pytest.fixture
+def pipeline_repo(pipeline) -> Path:
+    return pipeline.repo
 
 
 def _only_stages(log: str) -> list[str]:
     return sorted(line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage"))
 
 
-def test_repro_then_noop_then_param_change(pipeline_repo):
-    first = _sh(["dvc", "repro", "questions"], pipeline_repo)
-    assert _only_stages(first) == ["cohorts", "ingest", "questions", "registry"]
+def _out_hashes(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for stage in DATA_STAGES for out in lock[stage]["outs"]}
+
+
+def test_repro_then_noop_then_param_change(pipeline, pipeline_repo):
+    assert _only_stages(pipeline.first_repro) == ["cohorts", "ingest", "questions", "registry"]
     assert (pipeline_repo / "data/cohorts/mortality.parquet").exists()
 
     again = _sh(["dvc", "repro", "questions"], pipeline_repo)
@@ -73,8 +61,6 @@ def test_repro_then_noop_then_param_change(pipeline_repo):
     changed = _sh(["dvc", "repro", "questions"], pipeline_repo)
     # Only what depends on the label convention: cohorts, then the questions built from them.
     assert _only_stages(changed) == ["cohorts", "questions"]
-    import json
-
     summary = json.loads((pipeline_repo / "metrics/details/cohorts.json").read_text())
     assert summary["label_convention"] == "pyhealth"
     assert summary["tasks"]["readmission"]["by_label"]["1"] == 28
@@ -105,8 +91,6 @@ def _leaves(node: dict, prefix: str = "") -> set[str]:
 
 
 def test_metrics_show_lists_the_headline_figures_and_plots_render(pipeline_repo):
-    import json
-
     _sh(["dvc", "repro", "questions"], pipeline_repo)
     shown = json.loads(_sh(["dvc", "metrics", "show", "--json"], pipeline_repo, stdout_only=True))
     files = next(iter(shown.values()))["data"]  # the workspace only (DVC 3.67 names it "")
@@ -128,21 +112,13 @@ def test_metrics_show_lists_the_headline_figures_and_plots_render(pipeline_repo)
     assert "questions per task and split" in (html / "index.html").read_text()
 
 
-DATA_STAGES = ("ingest", "cohorts", "registry", "questions")
-
-
-def _out_hashes(repo: Path) -> dict[str, str]:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {out["path"]: out["md5"] for stage in DATA_STAGES for out in lock[stage]["outs"]}
-
-
-def test_two_clean_copies_give_the_same_data_hashes(pipeline_repo, tmp_path):
+def test_two_clean_copies_give_the_same_data_hashes(pipeline, data_stages_repo):
     """Same commit, two clean copies, same params: every data artifact up to the questions has
-    the same dvc.lock hash (the sample stage's outputs match only on one CPU family: README)."""
-    _sh(["dvc", "repro", "questions"], pipeline_repo)  # a no-op when an earlier test ran it
-    other = _clean_copy(tmp_path / "other")
-    shutil.copy2(pipeline_repo / "params.yaml", other / "params.yaml")  # the same params, whatever ran before
-    _sh(["dvc", "repro", "questions"], other)
-    first, second = _out_hashes(pipeline_repo), _out_hashes(other)
+    the same dvc.lock hash (the sample stage's outputs match only on one CPU family: README).
+    The two: this module's repo as its first repro left it, and the shared one (built by its
+    own `dvc repro`, maybe in another worker process)."""
+    shared = data_stages_repo / "repo"
+    assert (shared / "params.yaml").read_text() == pipeline.first_params  # the same params, whatever ran since
+    first, second = pipeline.first_hashes, _out_hashes(shared)
     assert set(first) >= {"data/warehouse/mimic", "data/cohorts", "data/questions"}
     assert first == second

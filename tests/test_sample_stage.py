@@ -1,4 +1,9 @@
-"""The sample stage end to end with the tiny model: kill -9 part-way, resume, same bytes; cache reuse."""
+"""The sample stage end to end with the tiny model: kill -9 part-way, resume, same bytes; cache reuse.
+
+Only the run that is killed is a child process (a SIGKILL must land on the stage's own
+process); the other runs call the stage's body, corpus.stages.run_sample, in this process
+with the same params file and working folder (saving each its torch and Great Expectations
+start-up, about 10 s of two shared cores)."""
 
 from __future__ import annotations
 
@@ -59,6 +64,28 @@ def _stage(workdir: Path, env: dict | None = None) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _run_in_process(workdir: Path, env: dict | None = None) -> None:
+    """What stages/sample.py --round 1 does, in this process: run_sample in `workdir`, `env` set.
+    Torch's thread count (the stage sets it) and the native kernels' switch (read once per
+    process) are put back afterwards, so later tests in this worker see neither."""
+    import torch
+
+    from corpus.generate import native
+    from corpus.stages import run_sample
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        native._load.cache_clear()
+        try:
+            run_sample(1)
+        finally:
+            torch.set_num_threads(threads)
+    native._load.cache_clear()
+
+
 def _kill_once_cached(workdir: Path, poll_s: float = 0.005) -> int:
     """Start the stage, SIGKILL it as soon as its first batch is in the cache; the samples cached then."""
     process = _stage(workdir)
@@ -100,7 +127,7 @@ def _set_dtype(workdir: Path, dtype: str) -> None:
 def test_killed_run_resumes_to_the_same_bytes(tmp_path, model_and_questions):
     model, questions = model_and_questions
     whole = _workdir(tmp_path / "whole", model, questions)
-    _finish(_stage(whole))
+    _run_in_process(whole)
     total = QUESTIONS * K
     assert _stats(whole)["generation"]["generated"] == total
     # What `dvc metrics show` lists: accuracy, overall and per task; the rest is in the details.
@@ -116,7 +143,7 @@ def test_killed_run_resumes_to_the_same_bytes(tmp_path, model_and_questions):
     assert 0 < done_before_kill < total, "the kill should land part-way"
     assert not (killed / "data/rounds/1/samples.parquet").exists()  # no half-written artifact
 
-    _finish(_stage(killed))
+    _run_in_process(killed)  # the resumed run: a new process would read the same cache file
     generation = _stats(killed)["generation"]
     assert generation["cached"] == done_before_kill
     assert generation["generated"] == total - done_before_kill  # only what was missing
@@ -126,7 +153,7 @@ def test_killed_run_resumes_to_the_same_bytes(tmp_path, model_and_questions):
     params = yaml.safe_load((killed / "params.yaml").read_text())
     params["pairs"]["max_per_question"] = 1
     (killed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _finish(_stage(killed))
+    _run_in_process(killed)
     assert _stats(killed)["generation"]["generated"] == 0
     frame = pl.read_parquet(killed / "data/rounds/1/samples.parquet")
     assert frame.height == total and frame["question_id"].n_unique() == QUESTIONS
@@ -143,12 +170,12 @@ def test_the_fallback_path_samples_apart_from_this_cpus_own(tmp_path, model_and_
     model, questions = model_and_questions
     work = _workdir(tmp_path / "fallback", model, questions, limit=4)
     _set_dtype(work, "float32")
-    _finish(_stage(work, env=FALLBACK_ENV))
+    _run_in_process(work, env=FALLBACK_ENV)
     fallback = _stats(work)
     assert (fallback["generator"]["dtype"], fallback["generator"]["decode_attention"]) == ("float32", "torch")
     assert fallback["generation"]["generated"] == 4 * K
     _set_dtype(work, "auto")
-    _finish(_stage(work))
+    _run_in_process(work)
     own = _stats(work)
     assert own["generator"]["dtype"] == resolve_dtype("auto")
     same_path = own["generator"] == fallback["generator"]
