@@ -4,10 +4,13 @@
 -- medications as lists of name ids (tables of item_names.sql), each item once, in record
 -- order: conditions and procedures by their first seq_num (NULL last), then
 -- name; medications by their first starttime (NULL last), then name.
--- The order comes from list_sort over (NULL flag, first seq/start, name id)
--- structs: one vectorised sort per list, where an ordered aggregate
--- (list(x ORDER BY ...)) buffers and sorts every group on its own (~4x slower).
--- Reads the views diagnoses_icd, procedures_icd, prescriptions.
+-- The order comes from list_sort over (first seq/start, name id) structs: one
+-- vectorised sort per list, where an ordered aggregate (list(x ORDER BY ...))
+-- buffers and sorts every group on its own (~4x slower). A NULL starttime
+-- sorts last as the largest BIGINT (epoch microseconds of real times are far
+-- below it), which keeps the struct at two fields (a third cost ~15%).
+-- Reads the views diagnoses_icd, procedures_icd, prescriptions and the tables
+-- of item_names.sql.
 WITH conditions AS (
     SELECT hadm_id,
            list_transform(list_sort(list(struct_pack(s := first_seq, id := name_id))), lambda e: e.id) AS conditions
@@ -35,14 +38,13 @@ procedures AS (
 medications AS (
     SELECT hadm_id,
            list_transform(
-               list_sort(list(struct_pack(late := first_start IS NULL,
-                                          t := coalesce(first_start, TIMESTAMP '1970-01-01'),
+               list_sort(list(struct_pack(t := coalesce(epoch_us(first_start), 9223372036854775807),
                                           id := name_id))),
                lambda e: e.id) AS medications
     FROM (
         SELECT p.hadm_id, m.name_id, min(p.starttime) AS first_start
         FROM prescriptions p
-        JOIN medication_names m ON trim(p.drug) = m.name
+        JOIN medication_names m USING (drug)
         GROUP BY ALL
     )
     GROUP BY hadm_id
