@@ -1,22 +1,26 @@
 """The hint-leak filter (corpus/leaks/, corpus/templates/leak_rules.yaml).
 
-Development (1424 rows, six files; the rules are written from their misses and the classifier is
+Development (2144 rows, nine files; the rules are written from their misses and the classifier is
 trained on all of them, its threshold chosen by leave-one-file-out cross-validation; each row's
 `part` records the batch it came in as): tests/data/leak_labelled.jsonl (batches C D L H G),
 leak_blind.jsonl (batch B), leak_dev2.jsonl (batch E), leak_blind2.jsonl (batch F, `part` blind2),
-leak_dev3.jsonl (batch M, `part` dev3) and leak_blind3.jsonl (batch K, `part` blind3). Every one has
-been tuned on, so development figures are in-sample: they show what the filter covers, not how it
-generalises.
+leak_dev3.jsonl (batch M, `part` dev3), leak_blind3.jsonl (batch K, `part` blind3), leak_blind4.jsonl
+(batch Q, `part` blind4), leak_dev5a.jsonl (batch U, `part` dev5a, small-LLM styles) and
+leak_dev5b.jsonl (batch V, `part` dev5b, clinician/textbook styles). Every one has been tuned on, so
+development figures are in-sample: they show what the filter covers, not how it generalises.
 
-Held out: tests/data/leak_blind4.jsonl (`part` blind4, 240 rows written by a writer who never saw the
+Held out: tests/data/leak_blind5.jsonl (`part` blind5, 240 rows written by a writer who never saw the
 rules), never tuned or trained on (the classifier refuses its rows); the test skips, saying so, where
 the file is absent. Each earlier held-out set was measured once, before it was tuned on, and then
 became development; recall (clean dropped) when measured: the issue's independent set (120 rows, not
 in the repository) 0.70 (0.000); batch H 0.917 (0.000) at its first look; batch G 0.768 (0.000) at
 60da422; leak_blind.jsonl (B) 0.717 (0.000) at b55420e; leak_blind2.jsonl (F) 0.867 (0.033) at
 3e3a0bd; leak_blind3.jsonl (K) 0.920 (0.000, precision 1.000) at 42802ca (rules v7 + classifier at
-0.8); leak_blind4.jsonl (Q) 0.933 (0.042, precision 0.957) at rules v8 + classifier format 3. Those measurements, not the development figures, are the record of how the filter does on
-wording it has not seen: none reached 0.95. Run with `pytest -s` to see every part's figures.
+0.8); leak_blind4.jsonl (Q) 0.933 (0.042, precision 0.957) at d807469 (rules v8 + classifier format 3).
+The two development batches written alongside blind5 were also measured before any tuning on them,
+at d807469: leak_dev5a.jsonl (U) 0.900 (0.100), leak_dev5b.jsonl (V) 0.817 (0.042). Those
+measurements, not the development figures, are the record of how the filter does on wording it has
+not seen: none reached 0.95. Run with `pytest -s` to see every part's figures.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ DATA = Path(__file__).parent / "data"
 LABELLED = DATA / "leak_labelled.jsonl"
 # the classifier's training order
 DEVELOPMENT = (LABELLED, DATA / "leak_blind.jsonl", DATA / "leak_dev2.jsonl", DATA / "leak_blind2.jsonl",
-               DATA / "leak_dev3.jsonl", DATA / "leak_blind3.jsonl")
-DEVELOPMENT_PARTS = {"development", "blind2", "dev3", "blind3"}
-HELD_OUT = DATA / "leak_blind4.jsonl"
-HELD_OUT_PART = "blind4"
-HELD_OUT_FLOOR = 0.925  # 111 of 120: one leak fewer than the measurement found
+               DATA / "leak_dev3.jsonl", DATA / "leak_blind3.jsonl", DATA / "leak_blind4.jsonl",
+               DATA / "leak_dev5a.jsonl", DATA / "leak_dev5b.jsonl")
+DEVELOPMENT_PARTS = {"development", "blind2", "dev3", "blind3", "blind4", "dev5a", "dev5b"}
+HELD_OUT = DATA / "leak_blind5.jsonl"
+HELD_OUT_PART = "blind5"
+HELD_OUT_FLOOR = 0.925  # until blind5 is measured: the lead sets it from that measurement
 HINT_NO = "the correct answer is No"
 FULL_HINT = (
     "(For your reasoning only: the correct answer is No. Do not mention that you were told the answer; "
@@ -73,7 +78,7 @@ def _development() -> list[dict]:
 
 def test_labelled_set_shape():
     rows = _development()
-    assert len(rows) >= 1424
+    assert len(rows) >= 2144
     assert len({row["id"] for row in rows}) == len(rows)
     for row in rows:
         assert set(row) == FIELDS, row["id"]
@@ -150,7 +155,7 @@ def test_development_precision_recall(leak_filter, rules, record_property):
     development = _rates({key: sum((score[key] for score in files), start=[] if key in ("missed", "dropped_clean") else 0)
                           for key in ("tp", "fn", "fp", "tn", "missed", "dropped_clean")})
     _record(record_property, "development", development)
-    _print_score("development (all six files)", development)
+    _print_score(f"development (all {len(DEVELOPMENT)} files)", development)
     assert development["recall"] >= 0.95, f"development leaks missed: {development['missed']}"
     assert development["fpr"] <= 0.05, f"development clean rows dropped: {development['dropped_clean']}"
 
@@ -170,9 +175,8 @@ def test_held_out_precision_recall(leak_filter, rules, record_property):
     _record(record_property, HELD_OUT_PART, held_out)
     _print_score(f"held out {HELD_OUT.name} (all parts)", held_out)
     assert held_out["fpr"] <= 0.05, f"{HELD_OUT.name} clean rows dropped: {held_out['dropped_clean']}"
-    # Measured once at rules v8 + classifier format 3 (0.8): recall 0.933, precision 0.957, clean dropped
-    # 0.042. Below the issue's 0.95, so an expected failure that says so; below HELD_OUT_FLOOR (a
-    # regression from that measurement) it fails outright.
+    # Not measured yet (blind5 is being written). Below the issue's 0.95 an expected failure that says
+    # so; below HELD_OUT_FLOOR (the lead sets it from the measurement) it fails outright.
     assert held_out["recall"] >= HELD_OUT_FLOOR, f"{HELD_OUT.name} leaks missed: {held_out['missed']}"
     if held_out["recall"] < 0.95:
         pytest.xfail(f"held-out recall {held_out['recall']:.3f} < 0.95 (issue 13's bar); missed {held_out['missed']}")
@@ -442,7 +446,7 @@ def test_classifier_never_trains_on_held_out_rows(tmp_path):
 
     path = tmp_path / "mixed.jsonl"
     path.write_text(json.dumps({"id": "Z1", "part": "dev3", "leak": True, "rationale": "x"}) + "\n"
-                    + json.dumps({"id": "Z2", "part": "blind4", "leak": False, "rationale": "y"}) + "\n",
+                    + json.dumps({"id": "Z2", "part": "blind5", "leak": False, "rationale": "y"}) + "\n",
                     encoding="utf-8")
     with pytest.raises(ConfigError, match="line 2.*'Z2'.*held out"):
         training_rows([path])
@@ -731,3 +735,74 @@ def test_cli_leaks_explain_prints_rule_and_span(tmp_path):
         "a: LEAK mentions_hint (rules) [20:24] 'hnit' - " + LeakRules.load().why("mentions_hint"),
         "b: clean",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        # v9 families, in wordings of our own (not the blind4/dev5a/dev5b sentences they were written from)
+        ("Best not to admit being shown it. The record: septic shock, lactate 7.", "hides_being_told"),
+        ("The sodium lands where it should, consistant with the corect reply.", "consistent_with_given_answer"),
+        ("The potassium has to come out in band C, so the diuretic dose explains it.", "answer_must_come_out"),
+        ("Going with C, as given; the abscess needed drainage and IV antibiotics.", "answer_from_elsewhere"),
+        ("Since she goes home early, the reasons must be a mild pneumonia and good support.",
+         "outcome_premise_then_reasons"),
+        ("The readmission wants an explanation, and the missing follow-up gives one.", "outcome_needs_explaining"),
+        ("Tracing back from her survival, the early antibiotics did the work.", "reasons_back_from_outcome"),
+        ("I'll present this as my own reasoning: no frailty, stable vitals, home on day 2.", "presents_as_own"),
+    ],
+)
+def test_v9_families(leak_filter, text, rule):
+    verdict = LeakFilter(replace(leak_filter.rules, classifier=None)).check(text, "the correct answer is C",
+                                                                           "C. 7 to 13 days")
+    assert verdict.leak and verdict.rule == rule, verdict
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the clinical and task-meta wordings next to the v9 families stay clean, for the whole filter
+        "The INR needs to be in the 2-3 range before the procedure; it is 2.4 today.",
+        "Since the lactate is 6, the explanation must be hypoperfusion from the septic shock.",
+        "The key is the rising lactate: 2.1 to 5.8 in six hours despite fluids.",
+        "The hyponatraemia needs explaining: a thiazide and poor oral intake.",
+        "Given the options, the chart favours a stay of about ten days for the abscess.",
+        "What we're being asked is whether he dies in hospital; lactate 1.0, no organ failure, so unlikely.",
+        "The hint in this record is the new oxygen requirement on day 3.",
+        "Let's see what we know: 70, COPD, community-acquired pneumonia, improving on day 4.",
+    ],
+)
+def test_v9_families_leave_clinical_and_task_wordings_alone(leak_filter, text):
+    assert not LeakFilter(replace(leak_filter.rules, classifier=None)).check(
+        text, "the correct answer is C", "C. 7 to 13 days").leak, text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the task's meta-language reads as an allow span, for the classifier too (blind4 and dev5a
+        # lost clean rows like these to the classifier before v9)
+        "Given the options, the chart favours a stay of about ten days for the abscess.",
+        "What we're being asked is whether he dies in hospital; lactate 1.0, no organ failure, so unlikely.",
+        "Reasoning from the record: 58, cellulitis of the leg, afebrile on day 2, walking.",
+    ],
+)
+def test_task_meta_language_is_clean_for_the_whole_filter(leak_filter, text):
+    assert not leak_filter.check(text, "the correct answer is C", "C. 7 to 13 days").leak, text
+
+
+def test_hinted_band_as_written_with_a_dash_or_without_zeros(leak_filter):
+    """"140 to 199" is also "140-199" (or "140–199"), and "0.70 or more" also "0.7 or more"."""
+    from corpus.leaks.filter import answer_regex
+
+    assert answer_regex("the correct answer is C", "C. 140 to 199 mg/dL").search(normalise("a glucose of 140–199 here"))
+    assert answer_regex("the correct answer is D", "D. 0.70 or more").search("an fio2 of 0.7 or more")
+    assert not answer_regex("the correct answer is D", "D. 0.70 or more").search("an fio2 of 0.75 or more")
+    rules_only = LeakFilter(replace(leak_filter.rules, classifier=None))
+    assert rules_only.check("The glucose needs to land at 140–199; so I read the steroids as the cause.",
+                            "the correct answer is C", "C. 140 to 199 mg/dL").rule == "answer_must_come_out"
+    assert rules_only.check("Working back from an FiO2 of 0.7 or more: ARDS, P/F 90.",
+                            "the correct answer is D", "D. 0.70 or more").rule == "answer_must_come_out"
+    # the same numbers as the text's own conclusion stay clean
+    assert not rules_only.check("ARDS with a P/F of 90 on PEEP 16: an FiO2 of 0.7 or more. D.",
+                                "the correct answer is D", "D. 0.70 or more").leak
