@@ -32,9 +32,10 @@ scikit-learn version reads back identically, and the file records the sha256
 of the training rows, the parameters and the library version. Retrain it
 deterministically (liblinear, fixed order) with::
 
-    python -m corpus.leaks.classifier corpus/templates/leak_classifier.json 0.8 \
+    python -m corpus.leaks.classifier corpus/templates/leak_classifier.json 0.75 \
         tests/data/leak_labelled.jsonl tests/data/leak_blind.jsonl tests/data/leak_dev2.jsonl \
-        tests/data/leak_blind2.jsonl tests/data/leak_dev3.jsonl tests/data/leak_blind3.jsonl
+        tests/data/leak_blind2.jsonl tests/data/leak_dev3.jsonl tests/data/leak_blind3.jsonl \
+        tests/data/leak_blind4.jsonl tests/data/leak_dev5a.jsonl tests/data/leak_dev5b.jsonl
 
 which trains on every row of the files given, in order (a row of a held-out part raises), and::
 
