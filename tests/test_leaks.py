@@ -785,6 +785,8 @@ def test_v9_families_leave_clinical_and_task_wordings_alone(leak_filter, text):
         "Given the options, the chart favours a stay of about ten days for the abscess.",
         "What we're being asked is whether he dies in hospital; lactate 1.0, no organ failure, so unlikely.",
         "Reasoning from the record: 58, cellulitis of the leg, afebrile on day 2, walking.",
+        # a measured finding as a premise is clinical reasoning, not the outcome as a premise
+        "Since the lactate is 6, the explanation must be hypoperfusion from the septic shock.",
     ],
 )
 def test_task_meta_language_is_clean_for_the_whole_filter(leak_filter, text):
