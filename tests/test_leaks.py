@@ -20,7 +20,10 @@ in the repository) 0.70 (0.000); batch H 0.917 (0.000) at its first look; batch 
 The two development batches written alongside blind5 were also measured before any tuning on them,
 at d807469: leak_dev5a.jsonl (U) 0.900 (0.100), leak_dev5b.jsonl (V) 0.817 (0.042). Those
 measurements, not the development figures, are the record of how the filter does on wording it has
-not seen: none reached 0.95. Run with `pytest -s` to see every part's figures.
+not seen. leak_blind5.jsonl (S) was measured once at rules v9 + classifier at 0.75: recall 0.958,
+precision 0.958, clean dropped 0.042 (the first to reach 0.95; the leave-one-file-out estimate before
+it was about 0.93 at 2.5% clean dropped, so one more fresh file may well land lower). Run with
+`pytest -s` to see every part's figures.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ DEVELOPMENT = (LABELLED, DATA / "leak_blind.jsonl", DATA / "leak_dev2.jsonl", DA
 DEVELOPMENT_PARTS = {"development", "blind2", "dev3", "blind3", "blind4", "dev5a", "dev5b"}
 HELD_OUT = DATA / "leak_blind5.jsonl"
 HELD_OUT_PART = "blind5"
-HELD_OUT_FLOOR = 0.925  # until blind5 is measured: the lead sets it from that measurement
 HINT_NO = "the correct answer is No"
 FULL_HINT = (
     "(For your reasoning only: the correct answer is No. Do not mention that you were told the answer; "
@@ -175,11 +177,9 @@ def test_held_out_precision_recall(leak_filter, rules, record_property):
     _record(record_property, HELD_OUT_PART, held_out)
     _print_score(f"held out {HELD_OUT.name} (all parts)", held_out)
     assert held_out["fpr"] <= 0.05, f"{HELD_OUT.name} clean rows dropped: {held_out['dropped_clean']}"
-    # Not measured yet (blind5 is being written). Below the issue's 0.95 an expected failure that says
-    # so; below HELD_OUT_FLOOR (the lead sets it from the measurement) it fails outright.
-    assert held_out["recall"] >= HELD_OUT_FLOOR, f"{HELD_OUT.name} leaks missed: {held_out['missed']}"
-    if held_out["recall"] < 0.95:
-        pytest.xfail(f"held-out recall {held_out['recall']:.3f} < 0.95 (issue 13's bar); missed {held_out['missed']}")
+    # Measured once at rules v9 + classifier at 0.75: recall 0.958 (115 of 120), precision 0.958, clean
+    # dropped 0.042. The issue's bar, plainly.
+    assert held_out["recall"] >= 0.95, f"{HELD_OUT.name} leaks missed: {held_out['missed']}"
 
 
 def test_classifier_file_is_the_development_model(rules):
